@@ -1,0 +1,128 @@
+"""The pipeline, stage by stage: Graph -> adjoint graph -> passes -> schedule -> source text."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+
+from . import __version__
+from .autodiff import adjoint
+from .codegen import render
+from .errors import GraphcError, GraphError
+from .graph import Graph, Tensor, check_dtype, check_number, from_networkx
+from .passes import optimize
+from .schedule import Schedule, schedule
+
+DEFAULT_LR = 1e-3
+DEFAULT_ITERATIONS = 100
+
+
+@dataclass
+class CompiledModule:
+    """The result of ``graphc.compile``: the generated source and the graphs it came from."""
+
+    name: str
+    source: str
+    graph: nx.DiGraph  # forward graph
+    adjoint: nx.DiGraph  # adjoint graph, after the passes
+    schedule: Schedule
+
+    def save(self, path) -> Path:
+        """Write the source to ``path`` atomically: a failure leaves an existing file as it was."""
+        return write_atomic(path, self.source)
+
+    def load(self):
+        """Import the generated module (from a temporary file) and return it."""
+        with tempfile.TemporaryDirectory(prefix="graphc-") as tmp:
+            path = Path(tmp) / f"{self.name}.py"
+            path.write_text(self.source, encoding="utf-8")
+            spec = importlib.util.spec_from_file_location(f"graphc_generated_{self.name}_{uuid.uuid4().hex}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        return module
+
+
+def write_atomic(path, text: str) -> Path:
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise GraphcError(f"cannot write {path}: directory {directory} does not exist", file=str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise GraphcError(f"cannot write {path}: {err.strerror}", file=str(path)) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as err:
+        os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise GraphcError(f"cannot write {path}: {err.strerror}", file=str(path)) from None
+        raise
+    return path
+
+
+def node_name(x, what: str) -> str:
+    if isinstance(x, Tensor):
+        return x.name
+    if isinstance(x, str):
+        return x
+    raise GraphError(f"{what} must be a Tensor or a node name, got {x!r}")
+
+
+def forward_graph(g, dtype=None) -> nx.DiGraph:
+    """The validated forward graph, converted to ``dtype`` if given (a copy: the user's graph is untouched)."""
+    if isinstance(g, nx.DiGraph):
+        g = from_networkx(g)
+    if not isinstance(g, Graph):
+        raise GraphError(f"compile needs a graphc.Graph or a networkx.DiGraph, got {type(g).__name__}")
+    if g.nx.number_of_nodes() == 0:
+        raise GraphError("the graph is empty")
+    G = g.nx.copy()
+    G.graph["dtype"] = check_dtype(dtype or g.dtype)
+    if dtype is not None:
+        for v in G:
+            G.nodes[v]["dtype"] = dtype
+    return G
+
+
+def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS, dtype=None, *,
+            source: str | None = None, command: str | None = None) -> CompiledModule:
+    """Compile graph ``g`` into a standalone NumPy module minimising scalar node ``loss`` with SGD.
+
+    ``outputs`` (Tensors or names; default: the loss) are what ``predict`` returns. ``source`` and ``command``
+    only go into the module's docstring (the spec file, and the command that regenerates it).
+    """
+    G = forward_graph(g, dtype)
+    loss = node_name(loss, "loss")
+    outputs = [node_name(o, "an output") for o in (outputs if outputs is not None else [loss])]
+    for o in outputs:
+        if o not in G:
+            raise GraphError(f"output {o!r} is not a node of the graph", node=o)
+    if len(set(outputs)) != len(outputs):
+        raise GraphError(f"outputs {outputs} name a node twice")
+    lr = check_number(lr, "lr")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise GraphError(f"iterations must be a positive integer, got {iterations!r}")
+    A = optimize(adjoint(G, loss))
+    sched = schedule(G, A, loss, outputs)
+    name = G.graph["name"]
+    text = render(
+        sched,
+        name=name,
+        source=source or f"the graph {name!r} built in Python",
+        command=command or "graphc.compile(...) on that graph",
+        version=__version__,
+        lr=lr,
+        iterations=iterations,
+    )
+    return CompiledModule(name, text, G, A, sched)

@@ -1,0 +1,345 @@
+"""The graph: a networkx.DiGraph with graphc's node schema, the builder API and its name rules.
+
+Node attributes: ``op``, ``shape`` (tuple), ``dtype``, ``attrs`` (dict), and for params ``init`` and ``scale``.
+Edge ``u -> v`` carries ``arg``: the list of positions at which ``u`` is an operand of ``v`` (``mul(x, x)`` is
+one edge with ``arg == [0, 1]``).
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import numbers
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .errors import GraphError, ShapeError
+from .ops import OPS, check_attrs
+
+DTYPES = ("float64", "float32")
+INITS = ("zeros", "ones", "randn")
+LEAVES = ("input", "param", "const")
+# Keyword arguments of the generated functions that sit beside the inputs (Trainer.fit(*inputs, iterations=,
+# log_every=)): an input of that name could not be passed by keyword.
+INPUT_RESERVED = ("iterations", "log_every")
+MAX_ELEMENTS = 2**31  # one tensor; larger is almost surely a typo and would not fit in memory anyway
+
+
+def check_name(name, what="node") -> str:
+    """A user name becomes a Python identifier in the generated code: ASCII, not a keyword, no leading _."""
+    if not isinstance(name, str) or not name.isascii() or not name.isidentifier():
+        raise GraphError(f"{what} name {name!r} is not a valid ASCII Python identifier")
+    if keyword.iskeyword(name):
+        raise GraphError(f"{what} name {name!r} is a Python keyword")
+    if name.startswith("_"):
+        raise GraphError(f"{what} name {name!r} starts with '_', which graphc keeps for its own names")
+    return name
+
+
+def check_shape(shape, node: str) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise ShapeError(f"shape {shape!r} is not a list of dimensions", node=node)
+    dims = tuple(shape)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+            raise ShapeError(f"shape {list(dims)!r}: every dimension must be a positive integer", node=node)
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise ShapeError(f"shape {list(dims)!r} has more than {MAX_ELEMENTS} elements", node=node)
+    return tuple(int(d) for d in dims)
+
+
+def check_dtype(dtype, node: str | None = None) -> str:
+    if dtype not in DTYPES:
+        raise GraphError(f"unsupported dtype {dtype!r} (use one of {', '.join(DTYPES)})", node=node)
+    return dtype
+
+
+def check_number(value, what: str, node: str | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise GraphError(f"{what} must be a number, got {value!r}", node=node)
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise GraphError(f"{what} must be finite, got {value!r}", node=node)
+    return value
+
+
+def operands(G: nx.DiGraph, v) -> list:
+    """The operands of ``v`` in argument order (a node used twice appears twice)."""
+    slots = {}
+    for u, _, data in G.in_edges(v, data=True):
+        for pos in data["arg"]:
+            slots[pos] = u
+    return [slots[i] for i in range(len(slots))]
+
+
+def add_node(G: nx.DiGraph, name, op: str, args=(), **data) -> None:
+    """Add node ``name`` computing ``op(*args)``; the edges record argument positions."""
+    G.add_node(name, op=op, **data)
+    for pos, u in enumerate(args):
+        if G.has_edge(u, name):
+            G.edges[u, name]["arg"].append(pos)
+        else:
+            G.add_edge(u, name, arg=[pos])
+
+
+def topo_order(G: nx.DiGraph) -> list:
+    """Topological order, ties broken by insertion order: deterministic, and declaration order where possible."""
+    index = {n: i for i, n in enumerate(G.nodes)}
+    return list(nx.lexicographical_topological_sort(G, key=index.__getitem__))
+
+
+def describe(G: nx.DiGraph, v) -> str:
+    """``h = relu(h_add)``: a node as an equation, for comments and messages."""
+    data = G.nodes[v]
+    args = [str(a) for a in operands(G, v)]
+    args += [f"{k}={val!r}" for k, val in sorted(data.get("attrs", {}).items()) if k != "value"]
+    return f"{v} = {data['op']}({', '.join(args)})"
+
+
+def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
+    """Check node ``v`` (an op node whose operands are already checked) and return its shape."""
+    data = G.nodes[v]
+    op = OPS.get(data["op"])
+    if op is None or not op.public:
+        raise GraphError(f"unknown op {data['op']!r} (known: {', '.join(sorted(public_ops()))})", node=v)
+    args = operands(G, v)
+    if len(args) != op.arity:
+        raise GraphError(f"{op.name} takes {op.arity} operand{'s' * (op.arity != 1)}, got {len(args)}", node=v)
+    data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
+    dtypes = {G.nodes[a]["dtype"] for a in args}
+    if len(dtypes) > 1:
+        raise GraphError(f"operands mix dtypes {sorted(dtypes)}", node=v)
+    data.setdefault("dtype", dtypes.pop())
+    try:
+        return op.shape([G.nodes[a]["shape"] for a in args], data["attrs"])
+    except ShapeError as err:
+        err.message = f"{describe(G, v)}: {err.message}"
+        raise err.located(node=v)
+
+
+def public_ops() -> list[str]:
+    return [name for name, op in OPS.items() if op.public]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A handle on one node of a Graph, returned by every builder call. Supports ``+ - * @``."""
+
+    graph: "Graph"
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.graph.nx.nodes[self.name]["shape"]
+
+    @property
+    def dtype(self) -> str:
+        return self.graph.nx.nodes[self.name]["dtype"]
+
+    @property
+    def op(self) -> str:
+        return self.graph.nx.nodes[self.name]["op"]
+
+    def __add__(self, other):
+        return apply("add", self, other)
+
+    def __radd__(self, other):
+        return apply("add", other, self)
+
+    def __sub__(self, other):
+        return apply("sub", self, other)
+
+    def __rsub__(self, other):
+        return apply("sub", other, self)
+
+    def __mul__(self, other):
+        return apply("mul", self, other)
+
+    def __rmul__(self, other):
+        return apply("mul", other, self)
+
+    def __matmul__(self, other):
+        return apply("matmul", self, other)
+
+    def __rmatmul__(self, other):
+        return apply("matmul", other, self)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name!r}, shape={self.shape}, op={self.op!r})"
+
+
+class Graph:
+    """A static graph under construction. Every call validates and infers shapes at once."""
+
+    def __init__(self, name: str = "model", dtype: str = "float64"):
+        self.nx = nx.DiGraph(name=check_name(name, "graph"), dtype=check_dtype(dtype))
+        self._counter = 0
+
+    @property
+    def dtype(self) -> str:
+        return self.nx.graph["dtype"]
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.nx:
+            raise GraphError(f"undefined name {name!r}", node=name)
+        return Tensor(self, name)
+
+    def __contains__(self, name) -> bool:
+        return name in self.nx
+
+    def _new_name(self, name, op: str) -> str:
+        if name is None:
+            self._counter += 1
+            while f"{op}_{self._counter}" in self.nx:
+                self._counter += 1
+            return f"{op}_{self._counter}"
+        check_name(name)
+        if name in self.nx:
+            raise GraphError(f"duplicate name {name!r}", node=name)
+        return name
+
+    def input(self, name: str, shape, dtype: str | None = None) -> Tensor:
+        """An input fed at every step."""
+        name = self._new_name(name, "input")
+        if name in INPUT_RESERVED:
+            raise GraphError(f"input name {name!r} is a keyword argument of Trainer.fit; rename the input", node=name)
+        shape = check_shape(shape, name)
+        self.nx.add_node(name, op="input", shape=shape, dtype=check_dtype(dtype or self.dtype, name), attrs={})
+        return Tensor(self, name)
+
+    def param(self, name: str, shape, init="randn", scale=None, dtype: str | None = None) -> Tensor:
+        """A trained parameter. ``init`` is "zeros", "ones", "randn" or a number; ``scale`` multiplies it."""
+        name = self._new_name(name, "param")
+        shape = check_shape(shape, name)
+        if isinstance(init, str):
+            if init not in INITS:
+                raise GraphError(f"unknown init {init!r} (use one of {', '.join(INITS)} or a number)", node=name)
+        else:
+            init = check_number(init, "init", name)
+        data = dict(op="param", shape=shape, dtype=check_dtype(dtype or self.dtype, name), init=init, attrs={})
+        if scale is not None:
+            data["scale"] = check_number(scale, "scale", name)
+        self.nx.add_node(name, **data)
+        return Tensor(self, name)
+
+    def const(self, value, name: str | None = None) -> Tensor:
+        """A scalar constant."""
+        value = check_number(value, "constant", name)
+        name = self._new_name(name, "const")
+        self.nx.add_node(name, op="const", shape=(), dtype=self.dtype, attrs={"value": value})
+        return Tensor(self, name)
+
+    def apply(self, op: str, *args, name: str | None = None, **attrs) -> Tensor:
+        """Add ``name = op(*args, **attrs)``; numbers become constants, strings name existing nodes."""
+        handles = [self._operand(a) for a in args]
+        name = self._new_name(name, op)
+        add_node(self.nx, name, op, [h.name for h in handles], attrs=attrs)
+        try:
+            self.nx.nodes[name]["shape"] = infer(self.nx, name)
+        except Exception:
+            self.nx.remove_node(name)
+            raise
+        return Tensor(self, name)
+
+    def _operand(self, a) -> Tensor:
+        if isinstance(a, Tensor):
+            if a.graph is not self:
+                raise GraphError(f"{a.name!r} belongs to another graph", node=a.name)
+            return a
+        if isinstance(a, str):
+            return self[a]
+        return self.const(a)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [n for n, op in self.nx.nodes(data="op") if op == "input"]
+
+    @property
+    def params(self) -> list[str]:
+        return [n for n, op in self.nx.nodes(data="op") if op == "param"]
+
+
+def apply(op: str, *args, name: str | None = None, **attrs) -> Tensor:
+    """``op(*args)`` in the graph of its Tensor operands."""
+    graphs = {a.graph for a in args if isinstance(a, Tensor)}
+    if len(graphs) != 1:
+        raise GraphError(f"{op} needs Tensor operands from exactly one graph")
+    return graphs.pop().apply(op, *args, name=name, **attrs)
+
+
+def matmul(a, b, name=None) -> Tensor:
+    return apply("matmul", a, b, name=name)
+
+
+def add(a, b, name=None) -> Tensor:
+    return apply("add", a, b, name=name)
+
+
+def sub(a, b, name=None) -> Tensor:
+    return apply("sub", a, b, name=name)
+
+
+def mul(a, b, name=None) -> Tensor:
+    return apply("mul", a, b, name=name)
+
+
+def relu(x, name=None) -> Tensor:
+    return apply("relu", x, name=name)
+
+
+def mse(pred, target, reduction="mean", name=None) -> Tensor:
+    return apply("mse", pred, target, name=name, reduction=reduction)
+
+
+def from_networkx(G: nx.DiGraph, name: str | None = None, dtype: str | None = None) -> Graph:
+    """A Graph from a DiGraph following the node schema; every node is checked and op shapes inferred."""
+    if not isinstance(G, nx.DiGraph) or G.is_multigraph():
+        raise GraphError("from_networkx needs a networkx.DiGraph")
+    if G.number_of_nodes() == 0:
+        raise GraphError("the graph is empty")
+    if not nx.is_directed_acyclic_graph(G):
+        cycle = " -> ".join(str(u) for u, _ in nx.find_cycle(G))
+        raise GraphError(f"the graph has a cycle: {cycle}")
+    g = Graph(name or G.graph.get("name") or "model", dtype or G.graph.get("dtype") or "float64")
+    for v in topo_order(G):
+        data = dict(G.nodes[v])
+        op = data.get("op")
+        args = _edge_operands(G, v)
+        if op in LEAVES and args:
+            raise GraphError(f"{op} node has incoming edges", node=v)
+        if op == "input":
+            g.input(v, data.get("shape"), dtype=data.get("dtype"))
+        elif op == "param":
+            g.param(v, data.get("shape"), init=data.get("init", "randn"), scale=data.get("scale"),
+                    dtype=data.get("dtype"))
+        elif op == "const":
+            g.const((data.get("attrs") or {}).get("value"), name=v)
+        else:
+            if not isinstance(op, str):
+                raise GraphError(f"missing or invalid op {op!r}", node=v)
+            t = g.apply(op, *args, name=v, **(data.get("attrs") or {}))
+            given = data.get("shape")
+            if given is not None and tuple(given) != t.shape:
+                raise ShapeError(f"declared shape {tuple(given)} but {describe(g.nx, v)} gives {t.shape}", node=v)
+    return g
+
+
+def _edge_operands(G: nx.DiGraph, v) -> list:
+    slots = {}
+    for u, _, data in G.in_edges(v, data=True):
+        arg = data.get("arg")
+        positions = [arg] if isinstance(arg, int) and not isinstance(arg, bool) else arg
+        if not isinstance(positions, (list, tuple)) or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            raise GraphError(f"edge {u!r} -> {v!r} needs an integer 'arg' (or a list of them)", node=v)
+        for pos in positions:
+            if pos in slots:
+                raise GraphError(f"operand position {pos} is given twice", node=v)
+            slots[pos] = u
+    if sorted(slots) != list(range(len(slots))):
+        raise GraphError(f"operand positions {sorted(slots)} are not 0..{len(slots) - 1}", node=v)
+    return [slots[i] for i in range(len(slots))]

@@ -1,0 +1,255 @@
+"""Spec files (TOML or JSON) -> Graph. Expressions are parsed with ``ast`` and walked, never evaluated."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compiler import DEFAULT_ITERATIONS, DEFAULT_LR
+from .errors import GraphcError, SpecError
+from .graph import DTYPES, Graph, Tensor, public_ops
+
+SECTIONS = {"name", "inputs", "params", "nodes", "train"}
+TRAIN_KEYS = {"loss", "outputs", "optimizer", "lr", "iterations", "dtype"}
+PARAM_KEYS = {"shape", "init", "scale"}
+OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.MatMult: "matmul"}
+
+
+@dataclass
+class Spec:
+    """A parsed spec: the graph and how to train it."""
+
+    graph: Graph
+    loss: str
+    outputs: list[str] | None
+    lr: float = DEFAULT_LR
+    iterations: int = DEFAULT_ITERATIONS
+    path: str = ""
+
+
+def read(path: Path) -> dict:
+    if path.suffix not in (".toml", ".json"):
+        raise SpecError(f"unknown file type {path.suffix or '(none)'!r}: a spec is a .toml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise SpecError(f"cannot read the spec: {reason}") from None
+    if path.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            line = re.search(r"line (\d+)", str(err))
+            raise SpecError(f"invalid TOML: {str(err).split(' (at')[0]}",
+                            line=int(line.group(1)) if line else None) from None
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=reject_constant)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"invalid JSON: {err.msg}", line=err.lineno) from None
+    if not isinstance(data, dict):
+        raise SpecError("invalid JSON: the spec must be an object")
+    return data
+
+
+def no_duplicate_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise SpecError(f"duplicate key {key!r}", node=key)
+        seen[key] = value
+    return seen
+
+
+def reject_constant(name):
+    raise SpecError(f"invalid JSON: {name} is not a number a spec may use")
+
+
+def load_spec(path, dtype: str | None = None) -> Spec:
+    """Read and check a spec file; errors carry the file name."""
+    path = Path(path)
+    try:
+        return parse(read(path), name=default_name(path.stem), dtype=dtype, path=str(path))
+    except GraphcError as err:
+        raise err.located(file=str(path))
+
+
+def section(data: dict, key: str, required=False) -> dict:
+    value = data.get(key, {} if not required else None)
+    if value is None:
+        raise SpecError(f"missing [{key}] section")
+    if not isinstance(value, dict):
+        raise SpecError(f"[{key}] must be a table of name = value")
+    return value
+
+
+def default_name(stem: str) -> str:
+    name = re.sub(r"\W", "_", stem, flags=re.ASCII).lstrip("_")
+    return name if name and not name[0].isdigit() else f"model_{name}".rstrip("_")
+
+
+def parse(data: dict, name: str = "model", dtype: str | None = None, path: str = "") -> Spec:
+    """Check a spec's data (the parsed TOML or JSON) and build its graph; ``name`` is the default name."""
+    unknown = sorted(set(data) - SECTIONS)
+    if unknown:
+        raise SpecError(f"unknown top-level key {unknown[0]!r} (expected: {', '.join(sorted(SECTIONS))})")
+    train = section(data, "train", required=True)
+    unknown = sorted(set(train) - TRAIN_KEYS)
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r} in [train] (expected: {', '.join(sorted(TRAIN_KEYS))})")
+    if train.get("optimizer", "sgd") != "sgd":
+        raise SpecError(f"unknown optimizer {train['optimizer']!r} (graphc has 'sgd')")
+    dtype = dtype or train.get("dtype") or "float64"
+    if dtype not in DTYPES:
+        raise SpecError(f"unsupported dtype {dtype!r} (use one of {', '.join(DTYPES)})")
+    g = Graph(data.get("name", name), dtype)
+
+    inputs, params, nodes = section(data, "inputs"), section(data, "params"), section(data, "nodes")
+    every = [*inputs, *params, *nodes]
+    for key, count in Counter(every).items():
+        if count > 1:
+            raise SpecError(f"duplicate name {key!r} (each name is defined once across sections)", node=key)
+    for key, shape in inputs.items():
+        g.input(key, shape)
+    for key, p in params.items():
+        if not isinstance(p, dict):
+            raise SpecError(f"param {key!r} must be a table {{ shape = [...], init = ... }}", node=key)
+        extra = sorted(set(p) - PARAM_KEYS)
+        if extra:
+            raise SpecError(f"unknown key {extra[0]!r} (a param has {', '.join(sorted(PARAM_KEYS))})", node=key)
+        if "shape" not in p:
+            raise SpecError("param has no shape", node=key)
+        g.param(key, p["shape"], init=p.get("init", "randn"), scale=p.get("scale"))
+    namer = Namer(set(every))
+    for key, text in nodes.items():
+        Expression(g, key, set(nodes), namer).build(text)
+
+    loss = train.get("loss")
+    if not isinstance(loss, str):
+        raise SpecError("[train] needs loss = \"<name of the scalar node to minimise>\"")
+    outputs = train.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
+        raise SpecError("[train] outputs must be a list of node names")
+    for ref in [loss, *(outputs or [])]:
+        if ref not in g:
+            raise SpecError(f"[train] names {ref!r}, which is not defined", node=ref)
+    lr = train.get("lr", DEFAULT_LR)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise SpecError(f"[train] lr must be a positive number, got {lr!r}")
+    iterations = train.get("iterations", DEFAULT_ITERATIONS)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 10**9:
+        raise SpecError(f"[train] iterations must be a positive integer, got {iterations!r}")
+    return Spec(g, loss, outputs, float(lr), iterations, path)
+
+
+class Namer:
+    """Names for the unnamed nodes inside an expression: ``h_add``, ``h_add_2``, ... never a spec name."""
+
+    def __init__(self, taken: set):
+        self.taken = set(taken)
+
+    def __call__(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self.taken:
+            k += 1
+            name = f"{hint}_{k}"
+        self.taken.add(name)
+        return name
+
+
+class Expression:
+    """One ``name = "expression"`` of [nodes], turned into graph nodes by an explicit-stack walk of its AST."""
+
+    def __init__(self, g: Graph, target: str, later: set, namer: Namer):
+        self.g, self.target, self.later, self.namer = g, target, later, namer
+
+    def fail(self, message: str):
+        raise SpecError(message, node=self.target)
+
+    def build(self, text) -> Tensor:
+        if not isinstance(text, str):
+            self.fail(f"a node is an expression string, got {text!r}")
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+            self.fail(f"cannot parse {text!r}: {getattr(err, 'msg', None) or 'too deeply nested'}")
+        root = tree.body
+        if isinstance(root, ast.Name):
+            self.fail(f"{text!r} only renames {root.id!r}; use that name directly")
+        values = {}  # id(ast node) -> Tensor or number
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            children = self.children(node)
+            if not ready:
+                stack.append((node, True))
+                stack.extend((c, False) for c in reversed(children))
+                continue
+            args = [values.pop(id(c)) for c in children]
+            values[id(node)] = self.value(node, args, name=self.target if node is root else None)
+        result = values[id(root)]
+        if not isinstance(result, Tensor):
+            result = self.g.const(result, name=self.target)
+        return result
+
+    def children(self, node) -> list:
+        if isinstance(node, ast.BinOp):
+            if type(node.op) not in OPERATORS:
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * @)")
+            return [node.left, node.right]
+        if isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd)):
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * @)")
+            return [node.operand]
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in public_ops():
+                called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+                self.fail(f"unknown op {called!r} (known: {', '.join(sorted(public_ops()))})")
+            if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+                self.fail("* and ** arguments are not allowed")
+            return list(node.args)
+        if isinstance(node, (ast.Name, ast.Constant)):
+            return []
+        self.fail(f"{type(node).__name__} expressions are not allowed: use names, numbers, + - * @ and op calls")
+
+    def value(self, node, args, name):
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                self.fail(f"{node.value!r} is not allowed here: only numbers are constants")
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return self.lookup(node.id)
+        if isinstance(node, ast.UnaryOp):
+            (x,) = args
+            if isinstance(node.op, ast.UAdd):
+                return x
+            if not isinstance(x, Tensor):
+                return -x
+            return self.apply("mul", [-1.0, x], {}, name)
+        if isinstance(node, ast.BinOp):
+            return self.apply(OPERATORS[type(node.op)], args, {}, name)
+        attrs = {}
+        for kw in node.keywords:
+            if not isinstance(kw.value, ast.Constant) or not isinstance(kw.value.value, (str, int, float)):
+                self.fail(f"attribute {kw.arg}= must be a literal string or number")
+            attrs[kw.arg] = kw.value.value
+        return self.apply(node.func.id, args, attrs, name)
+
+    def lookup(self, ref: str) -> Tensor:
+        if ref in self.g:
+            return self.g[ref]
+        if ref in self.later:
+            self.fail(f"{ref!r} is used before its definition (names are defined top to bottom)")
+        self.fail(f"undefined name {ref!r}")
+
+    def apply(self, op: str, args: list, attrs: dict, name) -> Tensor:
+        if all(not isinstance(a, Tensor) for a in args):
+            self.fail(f"{op} of constants only: write the number")
+        operands = [a if isinstance(a, Tensor) else self.g.const(a, name=self.namer(f"{self.target}_const"))
+                    for a in args]
+        return self.g.apply(op, *operands, name=name or self.namer(f"{self.target}_{op}"), **attrs)
