@@ -1,0 +1,63 @@
+"""The one shared gradient checker: central finite differences in float64 against a module's value_and_grad."""
+
+import numpy as np
+
+import graphc as gc
+
+
+def finite_differences(loss, params: dict, inputs: tuple, eps: float = 1e-6) -> dict:
+    """d loss / d param for every param, element by element, by central differences."""
+    grads = {}
+    for name, value in params.items():
+        grad = np.zeros_like(value)
+        for i in np.ndindex(value.shape):
+            old = value[i]
+            value[i] = old + eps
+            up = loss(params, *inputs)
+            value[i] = old - eps
+            down = loss(params, *inputs)
+            value[i] = old
+            grad[i] = (up - down) / (2 * eps)
+        grads[name] = grad
+    return grads
+
+
+def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7) -> dict:
+    """Assert the generated value_and_grad matches central differences of the generated loss; return grads.
+
+    Each element must agree within ``atol + rtol * max|expected|`` (normwise per param): rounding in the
+    differences grows with the loss, not with each element, so small elements beside large ones need this.
+    """
+    before = {k: v.copy() for k, v in params.items()}
+    value, grads = mod.value_and_grad(params, *inputs)
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k], err_msg="value_and_grad changed the params")
+    assert value == mod.loss(params, *inputs)
+    assert set(grads) == set(mod.PARAMS)
+    expected = finite_differences(mod.loss, params, inputs)
+    for name in mod.PARAMS:
+        assert np.shape(grads[name]) == params[name].shape, name
+        scale = float(np.max(np.abs(expected[name]), initial=0.0))
+        np.testing.assert_allclose(grads[name], expected[name], rtol=0, atol=atol + rtol * scale,
+                                   err_msg=f"d loss / d {name}")
+    return grads
+
+
+def random_params(mod, seed: int = 0, away_from_zero: bool = False) -> dict:
+    """init_params, plus noise so zeros-initialised params are generic too; optionally |x| >= 0.1 (relu kinks)."""
+    rng = np.random.default_rng(seed)
+    params = mod.init_params(seed)
+    for name, value in params.items():
+        value += rng.standard_normal(value.shape)
+        if away_from_zero:
+            value += np.where(value >= 0, 0.1, -0.1)
+    return params
+
+
+def random_inputs(mod, seed: int = 1) -> tuple:
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(mod._SHAPES[name]) for name in mod.INPUTS)
+
+
+def compile_and_load(g: gc.Graph, loss, **kw):
+    return gc.compile(g, loss=loss, **kw).load()
