@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup test-setup fuzz bench golden clean
+.PHONY: demo test setup test-setup graphviz fuzz bench golden clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 setup: $(VENV)/.installed
 
-test-setup: $(VENV)/.installed-test
+test-setup: $(VENV)/.installed-test graphviz
+
+# `graphc show --format svg|png` and its test need Graphviz's `dot`; install it where we can (Debian, as root).
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq >/dev/null && apt-get install -y -qq graphviz >/dev/null; } \
+		|| echo "note: Graphviz (dot) is not installed: the SVG/PNG rendering test will report that it did not run"
 
 demo: setup
 	$(BIN)/graphc compile examples/two_layer.toml -o examples/two_layer.py
@@ -28,6 +34,15 @@ demo: setup
 
 test: test-setup
 	$(BIN)/python -m pytest -q
+
+# Thousands of random graphs through the gradient fuzzer (make test runs a bounded number).
+fuzz: test-setup
+	GRAPHC_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q tests/test_fuzz.py
+
+# Step and compile-time benchmarks (not tests): ratios measured in one process, variants interleaved.
+bench: setup
+	$(BIN)/python bench/step.py
+	$(BIN)/python bench/compile.py
 
 # Regenerate the golden files in tests/golden/ after a reviewed change to the generated code.
 golden: test-setup
