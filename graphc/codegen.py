@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import jinja2
 
 from .graph import describe, operands, topo_order
 from .ops import OPS
-from .schedule import Schedule
+from .schedule import Schedule, plan_workspace
 
 # The names the generated functions use for their own purposes. If a user name takes one, ours is renamed.
 COMPILER_NAMES = ("np", "params", "self")
@@ -78,27 +79,44 @@ class Renderer:
                 else:
                     self.text[key, v] = v
 
-    def expr(self, key: str, v) -> str:
+    def macro_args(self, key: str, v, into=False) -> tuple[list, dict]:
+        """Operand text and the attrs a macro takes (``into``: the workspace form's)."""
         graph = self.graphs[key]
         data = graph.nodes[v]
         args = operands(graph, v)
+        first = graph.nodes[args[0]]["shape"] if args else ()
         attrs = dict(data["attrs"])
         if data["op"] == "sum_to":
-            attrs = sum_to_attrs(graph.nodes[args[0]]["shape"], **attrs)
+            attrs = sum_to_attrs(first, **attrs)
+            if into:
+                attrs["keepdims"] = tuple(1 if i in data["attrs"]["axis"] else d for i, d in enumerate(first))
         elif data["op"] == "fill":
             attrs["dtype"] = data["dtype"]
-        macro = getattr(self.ops, OPS[data["op"]].macro)
-        return str(macro(*[self.text[key, a] for a in args], **attrs))
+        elif data["op"] == "mse" and into:
+            attrs["size"] = math.prod(first)
+        return [self.text[key, a] for a in args], attrs
 
-    def statement(self, s) -> dict:
+    def expr(self, key: str, v) -> str:
+        """The value of ``v`` as one NumPy expression (the pure functions' form)."""
+        args, attrs = self.macro_args(key, v)
+        return str(getattr(self.ops, OPS[self.graphs[key].nodes[v]["op"]].macro)(*args, **attrs))
+
+    def statement(self, s, out: str | None = None, scratch: str | None = None) -> dict:
+        """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
         graph = self.graphs[s.graph]
         data = graph.nodes[s.node]
+        into = getattr(self.ops, OPS[data["op"]].macro + "_into", None)
+        if into is not None and (out is not None or scratch is not None):
+            args, attrs = self.macro_args(s.graph, s.node, into=True)
+            code = str(into(s.node, out, scratch, *args, **attrs))
+        else:
+            code = f"{s.node} = {self.expr(s.graph, s.node)}"
         via = data.get("via")
         return {
             "graph": s.graph,
-            "target": s.node,
-            "expr": self.expr(s.graph, s.node),
+            "code": code,
             "op": data["op"],
+            "equation": describe(self.graphs["forward"], s.node) if s.graph == "forward" else None,
             "args": [str(a) for a in operands(graph, s.node)],
             "shape": tuple(data["shape"]),
             "wrt": data.get("wrt"),
@@ -115,6 +133,18 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
 
     def function(fn):
         return {"inputs": fn.inputs, "params": fn.params, "body": [r.statement(s) for s in fn.body]}
+
+    ws = plan_workspace(sched)
+
+    def buffer(index):
+        return None if index is None else f"_buf{index}"
+
+    trainer = {
+        "buffers": [{"name": buffer(i), "shape": b.shape, "dtype": b.dtype, "holds": b.values}
+                    for i, b in enumerate(ws.buffers)],
+        "body": [r.statement(p, buffer(p.out), buffer(p.scratch)) for p in ws.body],
+        "updates": [{"param": u.param, "grad": u.grad, "inplace": u.inplace} for u in ws.updates],
+    }
 
     def leaf(v):
         data = G.nodes[v]
@@ -141,6 +171,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         predict=function(sched.predict),
         loss_fn=function(sched.loss_fn),
         train=function(sched.train),
+        trainer=trainer,
         names=names,
     )
     return format_source(text)

@@ -29,6 +29,10 @@ class Op:
     public: bool = True  # usable in specs and the builder; the others only appear in adjoint graphs
     inline: bool = False  # rendered inside its consumers' expressions, never as a statement of its own
     template: str = ""
+    # Trainer's workspace form (the macro ``<template>_into`` in ops.j2, if there is one):
+    inplace: bool = False  # elementwise: may write into the buffer of an operand that dies here
+    scratch: bool = False  # it needs a temporary shaped like its first operand...
+    scratch_from: int | None = None  # ...which may be the buffer of this operand, if it dies there
 
     @property
     def macro(self) -> str:
@@ -133,21 +137,22 @@ def mse_vjp(b, v, xs, g):
 # ---- the table -------------------------------------------------------------------------------------------
 # Public ops: what specs and the builder may use.
 op("matmul", 2, matmul_shape, matmul_vjp)
-op("add", 2, broadcast_shape, add_vjp)
-op("sub", 2, broadcast_shape, sub_vjp)
-op("mul", 2, broadcast_shape, mul_vjp)
-op("relu", 1, same_shape, relu_vjp)
-op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": ("mean", "sum")}, defaults={"reduction": "mean"})
+op("add", 2, broadcast_shape, add_vjp, inplace=True)
+op("sub", 2, broadcast_shape, sub_vjp, inplace=True)
+op("mul", 2, broadcast_shape, mul_vjp, inplace=True)
+op("relu", 1, same_shape, relu_vjp, inplace=True)
+op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": ("mean", "sum")}, defaults={"reduction": "mean"},
+   scratch=True)  # the error pred - target, squared and summed without a temporary
 
 # Adjoint-only ops: what gradient rules build.
 def internal(name, arity, shape, **kw) -> None:
     op(name, arity, shape, public=False, **kw)
 
 
-internal("neg", 1, same_shape)
+internal("neg", 1, same_shape, inplace=True)
 internal("transpose", 1, transpose_shape, inline=True)  # a view, folded into its consumer: ``dpred @ W2.T``
-internal("relu_grad", 2, same_shape)  # relu_grad(g, y) = g where y > 0, else 0
+internal("relu_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)  # g where y > 0, else 0
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # unbroadcast g back to ``shape``
-internal("accumulate", None, same_shape)  # fan-out: the sum of every consumer's contribution
+internal("accumulate", None, same_shape, inplace=True)  # fan-out: the sum of every consumer's contribution
 internal("copy", 1, same_shape)  # a gradient that would alias a param or input gets its own array
 internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple})  # a constant gradient, as an array

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 
-from .graph import LEAVES, topo_order
+from .graph import LEAVES, operands, topo_order
 from .ops import OPS
 
 
@@ -58,3 +61,141 @@ def schedule(G: nx.DiGraph, A: nx.DiGraph, loss: str, outputs: list[str]) -> Sch
     train = forward_function(G, order, [loss])
     train.body += [Statement("backward", v) for v in topo_order(A) if is_statement(A, v)]
     return Schedule(G, A, loss, outputs, forward_function(G, order, outputs), loss_fn, train)
+
+
+# ---- Trainer's workspace: liveness and the buffer plan --------------------------------------------------
+
+@dataclass
+class Buffer:
+    """One array of Trainer's workspace, allocated once; the values it holds, one after another."""
+
+    shape: tuple
+    dtype: str
+    values: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A statement of Trainer.step: ``node`` computed into buffer ``out`` (None: a scalar, or no workspace form)."""
+
+    graph: str
+    node: str
+    out: int | None
+    scratch: int | None
+
+
+@dataclass(frozen=True)
+class Update:
+    param: str
+    grad: str  # the value holding d loss / d param
+    inplace: bool  # its buffer dies here, so it can be scaled by lr in place: no temporary
+
+
+@dataclass
+class Workspace:
+    buffers: list[Buffer]
+    body: list[Placed]
+    updates: list[Update]
+    intermediates: int  # bytes, if every non-scalar value had an array of its own
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+
+def value_of(graph: nx.DiGraph, v):
+    """The variable an operand reads: inline views read their operand; constants read nothing."""
+    while True:
+        op = graph.nodes[v]["op"]
+        if op == "const":
+            return None
+        if op in LEAVES or op == "forward" or not OPS[op].inline:
+            return v
+        v = operands(graph, v)[0]
+
+
+class Pool:
+    """Buffers of the workspace, handed out by (shape, dtype) and given back when their value dies."""
+
+    def __init__(self):
+        self.buffers: list[Buffer] = []
+        self.free: dict[tuple, list[int]] = defaultdict(list)
+
+    def take(self, shape, dtype, value: str) -> int:
+        free = self.free[shape, dtype]
+        if free:
+            index = free.pop()
+        else:
+            index = len(self.buffers)
+            self.buffers.append(Buffer(tuple(shape), dtype))
+        self.buffers[index].values.append(value)
+        return index
+
+    def give_back(self, index: int) -> None:
+        b = self.buffers[index]
+        self.free[b.shape, b.dtype].append(index)
+
+
+def plan_workspace(sched: Schedule) -> Workspace:
+    """Assign every non-scalar value of the training step to a buffer; values whose lifetimes do not overlap
+    share one (same shape and dtype), and elementwise ops write over an operand that dies at that statement."""
+    graphs = {"forward": sched.G, "backward": sched.A}
+    body = sched.train.body
+    grads = {p: value_of(sched.A, g) for p, g in sched.A.graph["grads"].items()}
+    reads = []
+    for s in body:
+        graph = graphs[s.graph]
+        reads.append([value_of(graph, u) for u in operands(graph, s.node)])
+    reads += [[g] for g in grads.values()]
+    last = {}
+    for i, values in enumerate(reads):
+        for u in values:
+            last[u] = i
+
+    pool, where, placed, intermediates = Pool(), {}, [], 0
+    for i, s in enumerate(body):
+        graph = graphs[s.graph]
+        data = graph.nodes[s.node]
+        op = OPS[data["op"]]
+        shape, dtype = tuple(data["shape"]), data["dtype"]
+        args = operands(graph, s.node)
+        out = scratch = None
+        if shape != ():
+            intermediates += math.prod(shape) * np.dtype(dtype).itemsize
+            candidates = reads[i][:1] if data["op"] == "accumulate" else reads[i]
+            for u in candidates if op.inplace else ():
+                if u in where and last[u] == i and pool.buffers[where[u]].shape == shape \
+                        and pool.buffers[where[u]].dtype == dtype:
+                    out = where[u]
+                    pool.buffers[out].values.append(s.node)
+                    break
+            else:
+                out = pool.take(shape, dtype, s.node)
+            where[s.node] = out
+        first = graph.nodes[args[0]]["shape"] if args else ()
+        if op.scratch and first != ():
+            donor = reads[i][op.scratch_from] if op.scratch_from is not None else None
+            if donor in where and last[donor] == i and where[donor] != out \
+                    and pool.buffers[where[donor]].shape == tuple(first):
+                scratch = where[donor]
+                pool.buffers[scratch].values.append(f"scratch for {s.node}")
+            else:
+                scratch = pool.take(tuple(first), dtype, f"scratch for {s.node}")
+                pool.give_back(scratch)
+        placed.append(Placed(s.graph, s.node, out, scratch))
+        for u in set(reads[i]):
+            if u in where and last[u] == i:
+                index = where.pop(u)
+                if index != out:
+                    pool.give_back(index)
+        if s.node in where and s.node not in last:  # never read again
+            pool.give_back(where.pop(s.node))
+
+    updates = []
+    for k, (p, g) in enumerate(grads.items()):
+        updates.append(Update(p, g, inplace=g in where and last[g] == len(body) + k))
+    return Workspace(pool.buffers, placed, updates, intermediates)

@@ -65,10 +65,13 @@ def predict(params):
     x = params["x"]
     y = params["y"]
     z = params["z"]
-    # forward
-    f_add = x + y  # ()
-    f_add_2 = x + z  # ()
-    f = f_add * f_add_2  # ()
+    # ---- forward ----
+    # f_add = add(x, y) -> ()
+    f_add = x + y
+    # f_add_2 = add(x, z) -> ()
+    f_add_2 = x + z
+    # f = mul(f_add, f_add_2) -> ()
+    f = f_add * f_add_2
     return f
 
 
@@ -77,10 +80,13 @@ def loss(params):
     x = params["x"]
     y = params["y"]
     z = params["z"]
-    # forward
-    f_add = x + y  # ()
-    f_add_2 = x + z  # ()
-    f = f_add * f_add_2  # ()
+    # ---- forward ----
+    # f_add = add(x, y) -> ()
+    f_add = x + y
+    # f_add_2 = add(x, z) -> ()
+    f_add_2 = x + z
+    # f = mul(f_add, f_add_2) -> ()
+    f = f_add * f_add_2
     return f.item()
 
 
@@ -89,12 +95,15 @@ def value_and_grad(params):
     x = params["x"]
     y = params["y"]
     z = params["z"]
-    # forward
-    f_add = x + y  # ()
-    f_add_2 = x + z  # ()
-    f = f_add * f_add_2  # ()
-    # backward
-    # d f / d x: the sum over its 2 uses
+    # ---- forward ----
+    # f_add = add(x, y) -> ()
+    f_add = x + y
+    # f_add_2 = add(x, z) -> ()
+    f_add_2 = x + z
+    # f = mul(f_add, f_add_2) -> ()
+    f = f_add * f_add_2
+    # ---- backward ----
+    # d f / d x: the sum over its 2 uses -> ()
     dx = f_add + f_add_2
     return f.item(), {
         "x": dx,
@@ -106,33 +115,56 @@ def value_and_grad(params):
 class Trainer:
     """SGD on params (a dict of arrays, updated in place): one fused forward, backward and update per step."""
 
-    def __init__(self, params, lr=LR):
+    def __init__(self, params, lr=LR, check_finite=False):
         _check_params(params)
         self.params = params
         self.lr = lr
+        self.check_finite = check_finite
+        self.steps = 0
 
     def step(self):
-        """One step on a batch; returns the loss before the update."""
+        """One step on a batch, without allocating arrays; returns the loss before the update."""
         x = self.params["x"]
         y = self.params["y"]
         z = self.params["z"]
-        # forward
-        f_add = x + y  # ()
-        f_add_2 = x + z  # ()
-        f = f_add * f_add_2  # ()
-        # backward
-        # d f / d x: the sum over its 2 uses
+        # ---- forward ----
+        # f_add = add(x, y) -> ()
+        f_add = x + y
+        # f_add_2 = add(x, z) -> ()
+        f_add_2 = x + z
+        # f = mul(f_add, f_add_2) -> ()
+        f = f_add * f_add_2
+        # ---- backward ----
+        # d f / d x: the sum over its 2 uses -> ()
         dx = f_add + f_add_2
-
-        # update: plain SGD, in place
+        if self.check_finite:
+            _check_finite(
+                self.steps + 1,
+                ("f", f),
+                ("d f / d x", dx),
+                ("d f / d y", f_add_2),
+                ("d f / d z", f_add),
+            )
+        # ---- update: SGD, in place ----
         x -= self.lr * dx
         y -= self.lr * f_add_2
         z -= self.lr * f_add
+        self.steps += 1
         return f.item()
 
     def fit(self, *, iterations=ITERATIONS, log_every=0):
         """Run step() `iterations` times; print the loss every `log_every` steps; return the losses."""
         return _fit(self.step, (), iterations, log_every)
+
+
+def _check_finite(step, *values):
+    for name, value in values:
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise FloatingPointError(
+                f"step {step}: {name} is not finite ({np.asarray(value)[bad].flat[0]}); "
+                "the params are as they were before this step"
+            )
 
 
 def _fit(step, inputs, iterations, log_every):

@@ -71,12 +71,17 @@ def predict(params, X):
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    # forward
-    h_matmul = X @ W1  # (32, 200)
-    h_add = h_matmul + b1  # (32, 200)
-    h = np.maximum(h_add, 0.0)  # (32, 200)
-    pred_matmul = h @ W2  # (32, 10)
-    pred = pred_matmul + b2  # (32, 10)
+    # ---- forward ----
+    # h_matmul = matmul(X, W1) -> (32, 200)
+    h_matmul = X @ W1
+    # h_add = add(h_matmul, b1) -> (32, 200)
+    h_add = h_matmul + b1
+    # h = relu(h_add) -> (32, 200)
+    h = np.maximum(h_add, 0.0)
+    # pred_matmul = matmul(h, W2) -> (32, 10)
+    pred_matmul = h @ W2
+    # pred = add(pred_matmul, b2) -> (32, 10)
+    pred = pred_matmul + b2
     return pred
 
 
@@ -88,13 +93,19 @@ def loss(params, X, y):
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    # forward
-    h_matmul = X @ W1  # (32, 200)
-    h_add = h_matmul + b1  # (32, 200)
-    h = np.maximum(h_add, 0.0)  # (32, 200)
-    pred_matmul = h @ W2  # (32, 10)
-    pred = pred_matmul + b2  # (32, 10)
-    loss = np.sum((pred - y) ** 2)  # ()
+    # ---- forward ----
+    # h_matmul = matmul(X, W1) -> (32, 200)
+    h_matmul = X @ W1
+    # h_add = add(h_matmul, b1) -> (32, 200)
+    h_add = h_matmul + b1
+    # h = relu(h_add) -> (32, 200)
+    h = np.maximum(h_add, 0.0)
+    # pred_matmul = matmul(h, W2) -> (32, 10)
+    pred_matmul = h @ W2
+    # pred = add(pred_matmul, b2) -> (32, 10)
+    pred = pred_matmul + b2
+    # loss = mse(pred, y, reduction='sum') -> ()
+    loss = np.sum((pred - y) ** 2)
     return loss.item()
 
 
@@ -106,29 +117,35 @@ def value_and_grad(params, X, y):
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    # forward
-    h_matmul = X @ W1  # (32, 200)
-    h_add = h_matmul + b1  # (32, 200)
-    h = np.maximum(h_add, 0.0)  # (32, 200)
-    pred_matmul = h @ W2  # (32, 10)
-    pred = pred_matmul + b2  # (32, 10)
-    loss = np.sum((pred - y) ** 2)  # ()
-    # backward
-    # via loss = mse(pred, y, reduction='sum')
+    # ---- forward ----
+    # h_matmul = matmul(X, W1) -> (32, 200)
+    h_matmul = X @ W1
+    # h_add = add(h_matmul, b1) -> (32, 200)
+    h_add = h_matmul + b1
+    # h = relu(h_add) -> (32, 200)
+    h = np.maximum(h_add, 0.0)
+    # pred_matmul = matmul(h, W2) -> (32, 10)
+    pred_matmul = h @ W2
+    # pred = add(pred_matmul, b2) -> (32, 10)
+    pred = pred_matmul + b2
+    # loss = mse(pred, y, reduction='sum') -> ()
+    loss = np.sum((pred - y) ** 2)
+    # ---- backward ----
+    # via loss = mse(pred, y, reduction='sum') -> (32, 10)
     pred_err = pred - y
-    # d loss / d pred via loss = mse(pred, y, reduction='sum')
+    # d loss / d pred via loss = mse(pred, y, reduction='sum') -> (32, 10)
     dpred = 2.0 * pred_err
-    # d loss / d b2 via pred = add(pred_matmul, b2)
+    # d loss / d b2 via pred = add(pred_matmul, b2) -> (10,)
     db2 = np.sum(dpred, axis=0)
-    # d loss / d h via pred_matmul = matmul(h, W2)
+    # d loss / d h via pred_matmul = matmul(h, W2) -> (32, 200)
     dh = dpred @ W2.T
-    # d loss / d W2 via pred_matmul = matmul(h, W2)
+    # d loss / d W2 via pred_matmul = matmul(h, W2) -> (200, 10)
     dW2 = h.T @ dpred
-    # d loss / d h_add via h = relu(h_add)
+    # d loss / d h_add via h = relu(h_add) -> (32, 200)
     dh_add = np.where(h > 0, dh, 0.0)
-    # d loss / d b1 via h_add = add(h_matmul, b1)
+    # d loss / d b1 via h_add = add(h_matmul, b1) -> (200,)
     db1 = np.sum(dh_add, axis=0)
-    # d loss / d W1 via h_matmul = matmul(X, W1)
+    # d loss / d W1 via h_matmul = matmul(X, W1) -> (100, 200)
     dW1 = X.T @ dh_add
     return loss.item(), {
         "W1": dW1,
@@ -141,54 +158,107 @@ def value_and_grad(params, X, y):
 class Trainer:
     """SGD on params (a dict of arrays, updated in place): one fused forward, backward and update per step."""
 
-    def __init__(self, params, lr=LR):
+    def __init__(self, params, lr=LR, check_finite=False):
         _check_params(params)
         self.params = params
         self.lr = lr
+        self.check_finite = check_finite
+        self.steps = 0
+        # The workspace, allocated once: each buffer holds the values listed, one after another.
+        self._workspace = (
+            # _buf0: h_matmul, h_add, h, scratch for dh_add
+            np.empty((32, 200), dtype=np.float64),
+            # _buf1: pred_matmul, pred, pred_err, dpred
+            np.empty((32, 10), dtype=np.float64),
+            # _buf2: scratch for loss
+            np.empty((32, 10), dtype=np.float64),
+            # _buf3: db2
+            np.empty((10,), dtype=np.float64),
+            # _buf4: dh, dh_add
+            np.empty((32, 200), dtype=np.float64),
+            # _buf5: dW2
+            np.empty((200, 10), dtype=np.float64),
+            # _buf6: db1
+            np.empty((200,), dtype=np.float64),
+            # _buf7: dW1
+            np.empty((100, 200), dtype=np.float64),
+        )
 
     def step(self, X, y):
-        """One step on a batch; returns the loss before the update."""
+        """One step on a batch, without allocating arrays; returns the loss before the update."""
         X = _input("X", X)
         y = _input("y", y)
         W1 = self.params["W1"]
         b1 = self.params["b1"]
         W2 = self.params["W2"]
         b2 = self.params["b2"]
-        # forward
-        h_matmul = X @ W1  # (32, 200)
-        h_add = h_matmul + b1  # (32, 200)
-        h = np.maximum(h_add, 0.0)  # (32, 200)
-        pred_matmul = h @ W2  # (32, 10)
-        pred = pred_matmul + b2  # (32, 10)
-        loss = np.sum((pred - y) ** 2)  # ()
-        # backward
-        # via loss = mse(pred, y, reduction='sum')
-        pred_err = pred - y
-        # d loss / d pred via loss = mse(pred, y, reduction='sum')
-        dpred = 2.0 * pred_err
-        # d loss / d b2 via pred = add(pred_matmul, b2)
-        db2 = np.sum(dpred, axis=0)
-        # d loss / d h via pred_matmul = matmul(h, W2)
-        dh = dpred @ W2.T
-        # d loss / d W2 via pred_matmul = matmul(h, W2)
-        dW2 = h.T @ dpred
-        # d loss / d h_add via h = relu(h_add)
-        dh_add = np.where(h > 0, dh, 0.0)
-        # d loss / d b1 via h_add = add(h_matmul, b1)
-        db1 = np.sum(dh_add, axis=0)
-        # d loss / d W1 via h_matmul = matmul(X, W1)
-        dW1 = X.T @ dh_add
-
-        # update: plain SGD, in place
-        W1 -= self.lr * dW1
-        b1 -= self.lr * db1
-        W2 -= self.lr * dW2
-        b2 -= self.lr * db2
+        _buf0, _buf1, _buf2, _buf3, _buf4, _buf5, _buf6, _buf7 = self._workspace
+        # ---- forward ----
+        # h_matmul = matmul(X, W1) -> (32, 200)
+        h_matmul = np.matmul(X, W1, out=_buf0)
+        # h_add = add(h_matmul, b1) -> (32, 200)
+        h_add = np.add(h_matmul, b1, out=_buf0)
+        # h = relu(h_add) -> (32, 200)
+        h = np.maximum(h_add, 0.0, out=_buf0)
+        # pred_matmul = matmul(h, W2) -> (32, 10)
+        pred_matmul = np.matmul(h, W2, out=_buf1)
+        # pred = add(pred_matmul, b2) -> (32, 10)
+        pred = np.add(pred_matmul, b2, out=_buf1)
+        # loss = mse(pred, y, reduction='sum') -> ()
+        np.subtract(pred, y, out=_buf2)
+        loss = np.vdot(_buf2, _buf2)
+        # ---- backward ----
+        # via loss = mse(pred, y, reduction='sum') -> (32, 10)
+        pred_err = np.subtract(pred, y, out=_buf1)
+        # d loss / d pred via loss = mse(pred, y, reduction='sum') -> (32, 10)
+        dpred = np.multiply(2.0, pred_err, out=_buf1)
+        # d loss / d b2 via pred = add(pred_matmul, b2) -> (10,)
+        db2 = np.sum(dpred, axis=0, out=_buf3)
+        # d loss / d h via pred_matmul = matmul(h, W2) -> (32, 200)
+        dh = np.matmul(dpred, W2.T, out=_buf4)
+        # d loss / d W2 via pred_matmul = matmul(h, W2) -> (200, 10)
+        dW2 = np.matmul(h.T, dpred, out=_buf5)
+        # d loss / d h_add via h = relu(h_add) -> (32, 200)
+        np.sign(h, out=_buf0)  # 1 where h > 0, else 0 (h = relu(...) >= 0)
+        dh_add = np.multiply(dh, _buf0, out=_buf4)
+        # d loss / d b1 via h_add = add(h_matmul, b1) -> (200,)
+        db1 = np.sum(dh_add, axis=0, out=_buf6)
+        # d loss / d W1 via h_matmul = matmul(X, W1) -> (100, 200)
+        dW1 = np.matmul(X.T, dh_add, out=_buf7)
+        if self.check_finite:
+            _check_finite(
+                self.steps + 1,
+                ("loss", loss),
+                ("d loss / d W1", dW1),
+                ("d loss / d b1", db1),
+                ("d loss / d W2", dW2),
+                ("d loss / d b2", db2),
+            )
+        # ---- update: SGD, in place ----
+        dW1 *= self.lr
+        W1 -= dW1
+        db1 *= self.lr
+        b1 -= db1
+        dW2 *= self.lr
+        W2 -= dW2
+        db2 *= self.lr
+        b2 -= db2
+        self.steps += 1
         return loss.item()
 
     def fit(self, X, y, *, iterations=ITERATIONS, log_every=0):
         """Run step() `iterations` times; print the loss every `log_every` steps; return the losses."""
         return _fit(self.step, (X, y), iterations, log_every)
+
+
+def _check_finite(step, *values):
+    for name, value in values:
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise FloatingPointError(
+                f"step {step}: {name} is not finite ({np.asarray(value)[bad].flat[0]}); "
+                "the params are as they were before this step"
+            )
 
 
 def _fit(step, inputs, iterations, log_every):

@@ -1,0 +1,144 @@
+"""Trainer's workspace: one allocation up front, in-place steps, and the same numbers as the pure functions."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from gradcheck import random_inputs, random_params
+from graphc.schedule import plan_workspace
+from test_adjoint import two_layer
+
+
+def assert_trainer_matches_value_and_grad(mod, params, inputs, steps=3, lr=1e-3):
+    """Trainer.step (workspace, in place) against value_and_grad (fresh arrays) + SGD, step after step."""
+    reference = {k: v.copy() for k, v in params.items()}
+    trainer = mod.Trainer({k: v.copy() for k, v in params.items()}, lr=lr)
+    for _ in range(steps):
+        value, grads = mod.value_and_grad(reference, *inputs)
+        assert trainer.step(*inputs) == pytest.approx(value, rel=1e-12, abs=1e-300)
+        reference = {k: reference[k] - lr * grads[k] for k in reference}
+        for k in reference:
+            np.testing.assert_allclose(trainer.params[k], reference[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def two_layer_module():
+    g, loss = two_layer()
+    return gc.compile(g, loss=loss, outputs=["pred"], lr=1e-5)
+
+
+def test_step_allocates_no_arrays():
+    # At the mnist size: NumPy's ufuncs may take an iteration buffer of their own (at most 8192 elements,
+    # 64 KiB, e.g. for a broadcast add), which is no array of the step and does not grow with the model.
+    N, D, H, O = 256, 784, 1024, 10
+    g = gc.Graph("mnist")
+    X, y = g.input("X", (N, D)), g.input("y", (N, O))
+    h = gc.relu(X @ g.param("W1", (D, H), scale=0.03) + g.param("b1", (H,), init="zeros"), name="h")
+    pred = h @ g.param("W2", (H, O), scale=0.03) + g.param("b2", (O,), init="zeros")
+    mod = gc.compile(g, loss=gc.mse(pred, y, name="loss")).load()
+    X, y = random_inputs(mod)
+    trainer = mod.Trainer(mod.init_params())
+    activation = N * H * 8  # bytes of the hidden activation
+
+    def peak_bytes(fn):
+        fn()  # the first call may warm caches
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            fn()
+            return tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+
+    step = peak_bytes(lambda: trainer.step(X, y))
+    pure = peak_bytes(lambda: mod.value_and_grad(trainer.params, X, y))
+    assert pure > 2 * activation  # the measure sees array allocations...
+    assert step < activation / 20, step  # ...and a step makes none
+
+
+def test_workspace_plan_shares_buffers(two_layer_module):
+    ws = plan_workspace(two_layer_module.schedule)
+    held = [v for b in ws.buffers for v in b.values if not v.startswith("scratch")]
+    assert len(held) == len(set(held))  # every value has exactly one buffer
+    assert {"h", "dh", "dW1", "dW2", "db1", "db2", "pred", "dpred"} <= set(held)
+    assert ws.nbytes < ws.intermediates  # sharing saves memory
+    # X @ W1, + b1 and relu run in one buffer, in place; the relu mask is then made in it, once h is dead
+    (h_buffer,) = [b for b in ws.buffers if "h" in b.values]
+    matmul, add, h, mask = h_buffer.values
+    assert h == "h" and mask == f"scratch for d{add}"
+    # the relu backward masks dh in place
+    (dh_buffer,) = [b for b in ws.buffers if "dh" in b.values]
+    assert dh_buffer.values == ["dh", f"d{add}"]
+    assert all(u.inplace for u in ws.updates)
+
+
+def test_trainer_matches_pure_functions_two_layer(two_layer_module):
+    mod = two_layer_module.load()
+    assert_trainer_matches_value_and_grad(mod, random_params(mod), random_inputs(mod), steps=5, lr=1e-4)
+
+
+def test_trainer_matches_pure_functions_with_broadcasting_and_fan_out():
+    g = gc.Graph("mixed")
+    x = g.input("x", (2, 3, 4))
+    t = g.input("t", (2, 3, 4))
+    b = g.param("b", (1, 4))  # broadcast over leading and size-1 axes: sum then reshape
+    c = g.param("c", ())
+    w = g.param("w", (3, 1))
+    u = gc.relu(x * b - c, name="u")
+    v = gc.mul(u, u, name="v") + u * w  # u is used four times
+    loss = gc.mse(v - 0.5 * b, t, name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    assert_trainer_matches_value_and_grad(mod, random_params(mod, away_from_zero=True), random_inputs(mod))
+
+
+def test_trainer_matches_pure_functions_float32(root):
+    spec = gc.load_spec("examples/two_layer.toml", dtype="float32")
+    mod = gc.compile(spec.graph, spec.loss, spec.outputs, spec.lr).load()
+    params = mod.init_params()
+    X, y = (a.astype(np.float32) for a in random_inputs(mod))
+    trainer = mod.Trainer({k: v.copy() for k, v in params.items()})
+    value, grads = mod.value_and_grad(params, X, y)
+    assert trainer.step(X, y) == pytest.approx(value, rel=1e-5)
+    for k in params:
+        assert trainer.params[k].dtype == np.float32
+        np.testing.assert_allclose(trainer.params[k], params[k] - mod.LR * grads[k], rtol=1e-5, atol=1e-6)
+
+
+def test_check_finite_names_the_step_and_keeps_the_params(two_layer_module):
+    mod = two_layer_module.load()
+    X, y = random_inputs(mod)
+    trainer = mod.Trainer(mod.init_params(), check_finite=True)
+    trainer.step(X, y)
+    trainer.step(X, y)
+    before = {k: v.copy() for k, v in trainer.params.items()}
+    bad = X.copy()
+    bad[3, 7] = np.inf
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"^step 3: loss is not finite"):
+        trainer.step(bad, y)
+    for k in before:
+        np.testing.assert_array_equal(trainer.params[k], before[k])
+    assert trainer.steps == 2
+    trainer.step(X, y)  # and it carries on with good data
+    assert trainer.steps == 3
+
+
+def test_check_finite_names_a_gradient():
+    g = gc.Graph()
+    x = g.param("x", (2,), init="zeros")
+    s = g.input("s", ())
+    loss = gc.mse(x * s, g.input("t", (2,)), name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    trainer = mod.Trainer(mod.init_params(), check_finite=True)
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"step 1: d loss / d x is not finite"):
+        trainer.step(np.float64(1e160), np.full(2, 1e150))  # the loss is 1e300, its gradient overflows
+
+
+def test_check_finite_is_off_by_default(two_layer_module):
+    mod = two_layer_module.load()
+    X, y = random_inputs(mod)
+    X[0, 0] = np.nan
+    trainer = mod.Trainer(mod.init_params())
+    assert np.isnan(trainer.step(X, y))
