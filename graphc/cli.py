@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
-from .compiler import compile
+from . import __version__, inspect
+from .compiler import compile, write_atomic
 from .errors import GraphcError
 from .graph import DTYPES
 from .spec import load_spec
@@ -19,18 +21,67 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"graphc: error: {message}\n")
 
 
+SPEC = dict(metavar="SPEC", help="the model spec, a .toml or .json file")
+DTYPE = dict(choices=DTYPES, help="float type of every array (default: the spec's, else float64)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="graphc", description="Compile a model spec into a standalone NumPy training module.")
     parser.add_argument("--version", action="version", version=f"graphc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     c = commands.add_parser("compile", help="compile SPEC (.toml or .json) into a Python module",
                             description="Compile SPEC (.toml or .json) into a Python module that needs only NumPy.")
-    c.add_argument("spec", metavar="SPEC", help="the model spec, a .toml or .json file")
+    c.add_argument("spec", **SPEC)
     c.add_argument("-o", "--output", metavar="OUT.py", help="where to write the module (default: SPEC with .py)")
     c.add_argument("--lr", type=float, help="learning rate (default: the spec's [train] lr)")
-    c.add_argument("--dtype", choices=DTYPES, help="float type of every array (default: the spec's, else float64)")
+    c.add_argument("--dtype", **DTYPE)
     c.set_defaults(run=run_compile)
+
+    s = commands.add_parser(
+        "show", help="print the forward graph, the backward pass or the saved values of SPEC",
+        description="Print SPEC's forward graph (the default) or, with --backward, one training step: the "
+                    "forward statements, then the backward pass (the adjoint graph), one equation per line, "
+                    "with shapes, in the NumPy of the generated code. --saved lists the forward values the "
+                    "backward pass reads and their bytes. --format json|dot give the graph for other tools; "
+                    "svg|png draw it with Graphviz's dot.")
+    s.add_argument("spec", **SPEC)
+    views = s.add_mutually_exclusive_group()
+    for name, view in inspect.VIEWS.items():
+        if view.flag:
+            views.add_argument(view.flag, dest="view", action="store_const", const=name, help=view.help)
+    s.set_defaults(view="forward")
+    s.add_argument("--format", choices=inspect.FORMATS, default="text",
+                   help="text (default): equations; json: networkx node-link data; dot: Graphviz; "
+                        "svg, png: a picture drawn by Graphviz's dot (needs -o)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of printing")
+    s.add_argument("--dtype", **DTYPE)
+    s.set_defaults(run=run_show)
+
+    k = commands.add_parser(
+        "check", help="check SPEC's generated gradients against finite differences",
+        description="Compile SPEC in memory (in float64), run the generated value_and_grad at "
+                    "init_params(SEED) on random inputs and compare every param's gradient with central finite "
+                    "differences of the generated loss. Prints one row per param; exits 1 if any fails.")
+    k.add_argument("spec", **SPEC)
+    k.add_argument("--seed", type=int, default=0, help="seed of init_params and of the inputs (default: 0)")
+    k.add_argument("--eps", type=float, default=inspect.DEFAULT_EPS,
+                   help=f"finite-difference step (default: {inspect.DEFAULT_EPS:g})")
+    k.add_argument("--rtol", type=float, default=inspect.DEFAULT_RTOL,
+                   help=f"tolerance, relative to the largest gradient element (default: {inspect.DEFAULT_RTOL:g})")
+    k.set_defaults(run=run_check)
     return parser
+
+
+def compile_spec(spec, source: str, command: str | None = None, lr: float | None = None):
+    return compile(
+        spec.graph,
+        loss=spec.loss,
+        outputs=spec.outputs,
+        lr=spec.lr if lr is None else lr,
+        iterations=spec.iterations,
+        source=source,
+        command=command,
+    )
 
 
 def run_compile(args) -> int:
@@ -41,18 +92,48 @@ def run_compile(args) -> int:
         command += ["--lr", repr(args.lr)]
     if args.dtype:
         command += ["--dtype", args.dtype]
-    module = compile(
-        spec.graph,
-        loss=spec.loss,
-        outputs=spec.outputs,
-        lr=spec.lr if args.lr is None else args.lr,
-        iterations=spec.iterations,
-        source=args.spec,
-        command=shlex.join(command),
-    )
+    module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr)
     module.save(out)
     print(f"graphc: wrote {out}")
     return 0
+
+
+def run_show(args) -> int:
+    inspect.check_format(args.view, args.format)
+    if args.format in inspect.IMAGES and not args.output:
+        raise inspect.CommandError(f"--format {args.format} writes an image file: give -o FILE.{args.format}")
+    module = compile_spec(load_spec(args.spec, dtype=args.dtype), args.spec)
+    text = inspect.show(module, args.view, args.format)
+    if args.format in inspect.IMAGES:
+        inspect.render_image(text, args.format, args.output)
+    elif args.output:
+        write_atomic(args.output, text)
+    else:
+        return emit(text, 0)
+    print(f"graphc: wrote {args.output}")
+    return 0
+
+
+def run_check(args) -> int:
+    if not all(math.isfinite(x) and x > 0 for x in (args.eps, args.rtol)):
+        raise inspect.CommandError("--eps and --rtol must be positive numbers")
+    module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec)
+    mod = module.load()
+    report = inspect.check_gradients(mod, mod.init_params(args.seed), inspect.check_inputs(module, args.seed),
+                                     eps=args.eps, rtol=args.rtol)
+    title = (f"graphc check {args.spec}: value_and_grad vs central differences "
+             f"(float64, init_params({args.seed}), random inputs)")
+    return emit(inspect.check_text(report, title), 0 if report.ok else 1)
+
+
+def emit(text: str, status: int) -> int:
+    """Print ``text``; a reader that stops early (``graphc show ... | head``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
+    return status
 
 
 def main(argv=None) -> int:
@@ -60,7 +141,7 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except GraphcError as err:
-        if not err.file and getattr(args, "spec", None):
+        if not err.file and getattr(args, "spec", None) and not isinstance(err, inspect.CommandError):
             err.file = args.spec
         print(f"graphc: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,568 @@
+"""Looking at a compiled graph: ``graphc show`` (equations, JSON, DOT, pictures, saved values) and ``graphc check``.
+
+Everything here reads a ``CompiledModule`` (the forward graph, the adjoint graph after the passes and the
+schedule) and writes text; nothing changes what graphc generates. The equations use the same NumPy expressions
+as the generated code (``codegen.Renderer``), so what ``show`` prints is what the module runs.
+
+A *view* is one way to look at a compiled spec (the forward graph, the training step, the saved values, ...);
+each view maps the output formats it supports to a function ``CompiledModule -> str``. Adding a view (a flag of
+``graphc show``) means adding one entry to ``VIEWS``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import networkx as nx
+import numpy as np
+
+from .codegen import Renderer, compiler_names
+from .errors import GraphcError
+from .graph import describe, operands, topo_order
+from .ops import OPS
+from .schedule import is_statement
+
+
+class CommandError(GraphcError):
+    """A problem with the command line or this machine (no Graphviz), not with the spec: reported without the
+    spec's name."""
+
+
+INSTALL_DOT = ("Graphviz's dot is not installed (Debian/Ubuntu: apt-get install graphviz; "
+               "macOS: brew install graphviz; pip cannot install it)")
+
+
+def fmt_shape(shape) -> str:
+    """``[32,200]``; a scalar is ``[]``."""
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# ---- the lines of a view: one per computed value, as the generated code computes it --------------------------
+
+@dataclass
+class Line:
+    """``name[shape] = expr  # note``: one statement of the forward or the backward pass."""
+
+    graph: str  # "forward" or "backward"
+    name: str
+    shape: tuple
+    expr: str
+    reads: list = field(default_factory=list)  # the variables the expression reads (no constants, no views)
+    note: str = ""
+    grad_of: str | None = None  # the param whose gradient this is, when value_and_grad returns it
+
+
+class Lines:
+    """Turns nodes of the forward graph and the adjoint graph of ``module`` into ``Line``s."""
+
+    def __init__(self, module):
+        self.G, self.A = module.graph, module.adjoint
+        self.loss = self.A.graph["loss"]
+        self.graphs = {"forward": self.G, "backward": self.A}
+        self.render = Renderer(self.G, self.A, compiler_names(set(self.G) | set(self.A))["np"])
+
+    def reads(self, key: str, v) -> list:
+        """The variables node ``v`` reads: its operands, looking through inline views (``h.T``) and constants."""
+        graph, out = self.graphs[key], []
+        for u in operands(graph, v):
+            op = graph.nodes[u]["op"]
+            if op == "const":
+                continue
+            more = self.reads(key, u) if op in OPS and OPS[op].inline else [u]
+            out += [w for w in more if w not in out]
+        return out
+
+    def line(self, key: str, v) -> Line:
+        data = self.graphs[key].nodes[v]
+        wrt = data.get("wrt") if key == "backward" else None
+        grad_of = wrt if wrt is not None and self.A.graph["grads"].get(wrt) == v else None
+        return Line(key, v, tuple(data["shape"]), self.render.expr(key, v), self.reads(key, v), self.note(key, v),
+                    grad_of)
+
+    def note(self, key: str, v) -> str:
+        """What a backward statement is: the comment the generated code carries (see templates/module.py.j2)."""
+        if key == "forward":
+            return "the loss" if v == self.loss else ""
+        data = self.A.nodes[v]
+        wrt, via = data.get("wrt"), data.get("via")
+        if data["op"] == "accumulate":  # one term per use of wrt, in the order the backward visits them
+            upstream = nx.ancestors(self.G, self.loss) | {self.loss}
+            uses = [w for w in reversed(topo_order(self.G)) if w in upstream and wrt in operands(self.G, w)]
+            terms = len(operands(self.A, v))
+            return f"d {self.loss} / d {wrt}: the sum over its {terms} uses, via " + " and ".join(
+                describe(self.G, w) for w in uses)
+        if data["op"] in ("copy", "fill"):
+            return f"d {self.loss} / d {wrt}, as an array of its own"
+        where = f"via {describe(self.G, via)}" if via is not None else ""
+        return f"d {self.loss} / d {wrt} {where}".rstrip() if wrt else where
+
+    def forward(self, nodes) -> list[Line]:
+        return [self.line("forward", v) for v in nodes if is_statement(self.G, v)]
+
+    def backward(self) -> list[Line]:
+        """The adjoint graph's statements in execution order, then one line per param whose gradient is an
+        existing value (``dy[] = f_add_2``), so that every param's gradient has a line of its own."""
+        lines = [self.line("backward", v) for v in topo_order(self.A) if is_statement(self.A, v)]
+        taken = set(self.G) | set(self.A)
+        for p, g in self.A.graph["grads"].items():
+            if any(ln.grad_of == p for ln in lines):
+                continue
+            name = f"d{p}"
+            while name in taken:
+                name = "_" + name
+            taken.add(name)
+            what = "the forward value" if self.A.nodes[g]["op"] == "forward" else "the gradient"
+            lines.append(Line("backward", name, tuple(self.G.nodes[p]["shape"]), g, [g],
+                              f"d {self.loss} / d {p} is {what} {g} itself (no new array)", p))
+        return lines
+
+    def leaves(self, nodes, op: str) -> list:
+        return [v for v in nodes if self.G.nodes[v]["op"] == op]
+
+
+def aligned(lines: list[Line], limit: int = 44) -> list[str]:
+    """``name[shape] = expr`` with the notes lined up in one column (lines longer than ``limit`` push theirs)."""
+    left = [f"{ln.name}{fmt_shape(ln.shape)} = {ln.expr}" for ln in lines]
+    column = min(max((len(t) for t, ln in zip(left, lines) if ln.note), default=0), limit)
+    return [f"{t.ljust(column)}  # {ln.note}" if ln.note else t for t, ln in zip(left, lines)]
+
+
+def leaf_list(G, names) -> str:
+    return ", ".join(f"{v}{fmt_shape(G.nodes[v]['shape'])}" for v in names) or "none"
+
+
+def columns(rows: list[tuple], right=()) -> list[str]:
+    """Rows of cells as aligned text; the columns in ``right`` (numbers) are right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+# ---- text ----------------------------------------------------------------------------------------------------
+
+def forward_text(module) -> str:
+    """The forward graph as equations in execution order, every node of it."""
+    ls = Lines(module)
+    G, order = ls.G, topo_order(ls.G)
+    outputs = module.schedule.outputs
+    lines = ls.forward(order)
+    for ln in lines:
+        if ln.name in outputs and ln.name != ls.loss:
+            ln.note = "an output (predict returns it)"
+    params = [f"{p}{fmt_shape(G.nodes[p]['shape'])} {init_text(G.nodes[p])}" for p in ls.leaves(order, "param")]
+    return "\n".join([
+        f"# {module.name}: the forward graph, in execution order ({G.graph['dtype']})",
+        f"# loss: {ls.loss}; outputs: {', '.join(outputs) or 'none'}; shapes in [ ] ([] is a scalar)",
+        f"# inputs: {leaf_list(G, ls.leaves(order, 'input'))}",
+        f"# params: {', '.join(params) or 'none'}",
+        *aligned(lines),
+    ]) + "\n"
+
+
+def init_text(data) -> str:
+    init = data["init"]
+    text = init if isinstance(init, str) else f"fill {init!r}"
+    return f"{text} * {data['scale']!r}" if data.get("scale") is not None else text
+
+
+def backward_text(module) -> str:
+    """One training step as ``value_and_grad`` runs it: the forward statements, then the adjoint graph's."""
+    ls = Lines(module)
+    G, A, train = ls.G, ls.A, module.schedule.train
+    forward = ls.forward(s.node for s in train.body if s.graph == "forward")
+    backward = ls.backward()
+    saved = saved_values(module)
+    grads = ", ".join(f"{p!r}: {next(ln.name for ln in backward if ln.grad_of == p)}" for p in A.graph["grads"])
+    return "\n".join([
+        f"# {module.name}: one training step (value_and_grad), forward then backward, in execution order",
+        f"# loss: {ls.loss}; inputs: {leaf_list(G, train.inputs)}; params: {leaf_list(G, train.params)}",
+        f"# shapes in [ ] ([] is a scalar); dV is the gradient d {ls.loss} / d V; "
+        f"each line is NumPy, as in the generated code",
+        "",
+        "# forward",
+        *aligned(forward),
+        "",
+        f"# backward: the adjoint graph; it reads {', '.join(s.name for s in saved)} from the forward pass"
+        if saved else "# backward: the adjoint graph",
+        *aligned(backward),
+        "",
+        f"# value_and_grad returns ({ls.loss}, {{{grads}}})",
+    ]) + "\n"
+
+
+# ---- saved values: what the backward reads from the forward --------------------------------------------------
+
+@dataclass
+class Saved:
+    name: str
+    kind: str  # "input", "param" or "activation" (computed by the forward pass)
+    shape: tuple
+    dtype: str
+    bytes: int
+
+
+def saved_values(module) -> list[Saved]:
+    """Every forward value the backward pass reads, in forward execution order."""
+    G, A = module.graph, module.adjoint
+    out = []
+    for v in topo_order(G):
+        if v in A and A.nodes[v]["op"] == "forward":
+            data = G.nodes[v]
+            kind = data["op"] if data["op"] in ("input", "param") else "activation"
+            nbytes = math.prod(data["shape"]) * np.dtype(data["dtype"]).itemsize
+            out.append(Saved(v, kind, tuple(data["shape"]), data["dtype"], nbytes))
+    return out
+
+
+def nbytes(n: int) -> str:
+    """``97920 bytes (95.6 KiB)``."""
+    size, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n} bytes" + (f" ({size:.1f} {unit})" if unit != "bytes" else "")
+
+
+def saved_text(module) -> str:
+    saved = saved_values(module)
+    rows = [("name", "kind", "shape", "dtype", "bytes")]
+    rows += [(s.name, s.kind, fmt_shape(s.shape), s.dtype, str(s.bytes)) for s in saved]
+    acts = [s for s in saved if s.kind == "activation"]
+    total, act_total = sum(s.bytes for s in saved), sum(s.bytes for s in acts)
+    return "\n".join([
+        f"# {module.name}: the forward values the backward pass reads (value_and_grad and Trainer.step keep",
+        "# them alive from the forward pass to the backward pass)",
+        *columns(rows, right={4}),
+        f"total: {len(saved)} values, {nbytes(total)}",
+        f"activations (computed by the forward pass, kept only for the backward): "
+        f"{', '.join(s.name for s in acts) or 'none'}: {nbytes(act_total)}",
+    ]) + "\n"
+
+
+def saved_json(module) -> str:
+    saved = saved_values(module)
+    return dumps({
+        "values": [{**s.__dict__, "shape": list(s.shape)} for s in saved],
+        "total_bytes": sum(s.bytes for s in saved),
+        "activation_bytes": sum(s.bytes for s in saved if s.kind == "activation"),
+    })
+
+
+# ---- JSON: networkx node-link data ---------------------------------------------------------------------------
+
+def dumps(data) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def node_link_json(G: nx.DiGraph) -> str:
+    """``networkx.node_link_data(G, edges="edges")`` as JSON: ``networkx.node_link_graph(data, edges="edges")``
+    reads it back (tuples come back as lists)."""
+    return dumps(nx.node_link_data(G, edges="edges"))
+
+
+# ---- DOT -----------------------------------------------------------------------------------------------------
+
+STYLE = {  # Graphviz node attributes per kind of node
+    "input": 'shape=box, style="filled", fillcolor="#e5e7eb", color="#4b5563"',
+    "param": 'shape=box, style="filled", fillcolor="#dcfce7", color="#15803d"',
+    "forward": 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"',
+    "loss": 'shape=box, style="rounded,filled,bold", fillcolor="#bfdbfe", color="#1d4ed8", peripheries=2',
+    "backward": 'shape=box, style="rounded,filled", fillcolor="#ffedd5", color="#c2410c"',
+    "grad": 'shape=box, style="rounded,filled,bold", fillcolor="#fed7aa", color="#c2410c", peripheries=2',
+}
+EDGE = {"forward": 'color="#1d4ed8"', "backward": 'color="#c2410c"', "saved": 'color="#6b7280", style=dashed'}
+
+
+def quote(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def dot(module, backward: bool) -> str:
+    """Graphviz DOT: leaves, then one node per statement, in a forward and (if ``backward``) a backward cluster;
+    every edge is labelled with the shape of the value it carries."""
+    ls = Lines(module)
+    G = ls.G
+    if backward:
+        nodes = [s.node for s in module.schedule.train.body if s.graph == "forward"]
+        leaves = [*module.schedule.train.inputs, *module.schedule.train.params]
+        backward_lines = ls.backward()
+    else:
+        nodes = topo_order(G)
+        leaves = [v for v in nodes if G.nodes[v]["op"] in ("input", "param")]
+        backward_lines = []
+    forward_lines = ls.forward(nodes)
+    shapes = {v: G.nodes[v]["shape"] for v in G}
+    shapes.update({ln.name: ln.shape for ln in backward_lines})
+
+    out = [f"digraph {quote(module.name + ('_backward' if backward else '_forward'))} {{",
+           '  graph [fontname="Helvetica", fontsize=11, labelloc=b, nodesep=0.3, ranksep=0.35, '
+           f"label={quote(legend(backward))}];",
+           '  node [fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=8, fontcolor="#374151"];',
+           '  subgraph cluster_forward {',
+           '    label="forward"; color="#93c5fd"; fontcolor="#1d4ed8";']
+    for v in leaves:
+        data = G.nodes[v]
+        label = f"{v} {fmt_shape(data['shape'])}\n{data['op']}"
+        out.append(f"    {quote(v)} [label={quote(label)}, {STYLE[data['op']]}];")
+    for ln in forward_lines:
+        kind = "loss" if ln.name == ls.loss else "forward"
+        out.append(f"    {quote(ln.name)} [label={quote(node_label(ln))}, {STYLE[kind]}];")
+    out.append("  }")
+    if backward_lines:
+        out += ['  subgraph cluster_backward {', '    label="backward"; color="#fdba74"; fontcolor="#c2410c";']
+        for ln in backward_lines:
+            kind = "grad" if ln.grad_of else "backward"
+            out.append(f"    {quote(ln.name)} [label={quote(node_label(ln))}, {STYLE[kind]}];")
+        out.append("  }")
+    for ln in forward_lines + backward_lines:
+        for u in ln.reads:
+            kind = "forward" if ln.graph == "forward" else ("saved" if u in G else "backward")
+            out.append(f"  {quote(u)} -> {quote(ln.name)} [label={quote(fmt_shape(shapes[u]))}, {EDGE[kind]}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def node_label(ln: Line) -> str:
+    return f"{ln.name} {fmt_shape(ln.shape)}\n{ln.expr}"
+
+
+def legend(backward: bool) -> str:
+    if not backward:
+        return "forward graph; double border: the loss; edges carry values of the shape on them"
+    return ("forward pass (blue), backward pass (orange); double border: the loss and each param's gradient\n"
+            "dashed: forward values the backward reads; edges carry values of the shape on them")
+
+
+# ---- the views of `graphc show` ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class View:
+    flag: str | None  # the option of `graphc show` that picks the view (None: the default)
+    help: str
+    formats: dict[str, Callable]  # format -> function(CompiledModule) -> str
+
+
+VIEWS = {
+    "forward": View(None, "the forward graph (the default)", {
+        "text": forward_text,
+        "json": lambda module: node_link_json(module.graph),
+        "dot": lambda module: dot(module, backward=False),
+    }),
+    "backward": View("--backward", "one training step: the forward statements, then the backward pass (the "
+                                   "adjoint graph); in JSON, the adjoint graph alone", {
+        "text": backward_text,
+        "json": lambda module: node_link_json(module.adjoint),
+        "dot": lambda module: dot(module, backward=True),
+    }),
+    "saved": View("--saved", "the forward values the backward pass reads, their bytes and the total", {
+        "text": saved_text,
+        "json": saved_json,
+    }),
+}
+IMAGES = ("svg", "png")  # rendered from the view's DOT by Graphviz
+FORMATS = ("text", "json", "dot", *IMAGES)
+
+
+def view_flag(view: str) -> str:
+    return VIEWS[view].flag or "the forward view"
+
+
+def check_format(view: str, fmt: str) -> None:
+    """Does ``view`` come in format ``fmt``? (Checked before compiling.)"""
+    formats = VIEWS[view].formats
+    if (fmt in IMAGES and "dot" not in formats) or (fmt not in IMAGES and fmt not in formats):
+        have = [*formats, *(IMAGES if "dot" in formats else ())]
+        raise CommandError(f"{view_flag(view)} has no --format {fmt} (it has: {', '.join(have)})")
+
+
+def show(module, view: str = "forward", fmt: str = "text") -> str:
+    """``view`` of a compiled module as text, JSON or DOT; for an image format, the DOT to give ``render_image``."""
+    check_format(view, fmt)
+    return VIEWS[view].formats["dot" if fmt in IMAGES else fmt](module)
+
+
+def render_image(dot_text: str, fmt: str, path) -> Path:
+    """Render DOT to ``path`` with Graphviz's dot, atomically: a failure leaves an existing file as it was."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise CommandError(INSTALL_DOT)
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise GraphcError(f"cannot write {path}: {err.strerror}", file=str(path)) from None
+    os.close(fd)
+    try:
+        done = subprocess.run([exe, f"-T{fmt}", "-o", tmp], input=dot_text, capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+            raise CommandError(f"Graphviz's dot could not render {fmt}: {reason}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ---- graphc check: value_and_grad against central finite differences ------------------------------------------
+
+DEFAULT_EPS = 1e-6
+DEFAULT_RTOL = 1e-5
+ROUNDING = 16 * np.finfo(np.float64).eps  # rounding of one loss evaluation, relative to the loss, with room
+
+
+@dataclass
+class ParamCheck:
+    """One row of ``graphc check``: how far a param's gradient is from central differences."""
+
+    param: str
+    shape: tuple
+    abs_err: float = math.nan  # max |grad - fd| over the elements compared
+    rel_err: float = math.nan  # abs_err / max(max |fd|, the rounding floor of the differences)
+    kinks: int = 0  # elements where the loss has a kink (relu at 0): not differentiable, so not compared
+    problem: str = ""  # why the gradient could not be compared at all (missing, wrong shape, not finite)
+    ok: bool = False
+
+
+@dataclass
+class CheckReport:
+    loss: float
+    rows: list[ParamCheck]
+    problems: list[str]  # failures that concern value_and_grad as a whole
+    eps: float
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(r.ok for r in self.rows)
+
+
+def check_inputs(module, seed: int) -> dict:
+    """Standard normal float64 inputs of the spec's shapes for ``value_and_grad``, keyed by name. They come from
+    ``np.random.default_rng(seed + 1)``, so they are not the same numbers as ``init_params(seed)``'s."""
+    rng = np.random.default_rng(seed + 1)
+    return {x: rng.standard_normal(module.graph.nodes[x]["shape"]) for x in module.schedule.train.inputs}
+
+
+def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS,
+                    rtol: float = DEFAULT_RTOL) -> CheckReport:
+    """Compare ``mod.value_and_grad`` (a loaded generated module) with central differences of ``mod.loss`` at
+    ``params`` (float64 arrays, restored after use) on ``inputs`` (name -> array, passed by keyword).
+
+    A param passes when ``max |grad - fd| <= rtol * max(max |fd|, floor)``, where ``floor`` is what rounding
+    in the loss can do to a difference quotient (``16 ulp * max |loss| / eps``). An element where the one-sided
+    slopes differ by more than that tolerance, at ``eps`` and again at ``eps / 16``, sits on a kink (relu at
+    exactly 0): the loss has no derivative there, so it is counted and left out.
+    """
+    before = {k: np.array(v, copy=True) for k, v in params.items()}
+    problems = []
+    value, grads = mod.value_and_grad(params, **inputs)
+    grads = dict(grads)
+    if any(not np.array_equal(params[k], before[k]) for k in params):
+        problems.append("value_and_grad changed the params it was given")
+        for k in params:
+            params[k][...] = before[k]
+    f0 = mod.loss(params, **inputs)
+    if not math.isfinite(f0):
+        return CheckReport(f0, [ParamCheck(p, params[p].shape, problem="the loss is not finite")
+                                for p in mod.PARAMS], [f"the loss is {f0} at these params"], eps, rtol)
+    if not math.isclose(value, f0, rel_tol=1e-12, abs_tol=1e-300):
+        problems.append(f"value_and_grad returns the loss {value!r} but loss() returns {f0!r}")
+    extra = sorted(set(grads) - set(mod.PARAMS))
+    if extra:
+        problems.append(f"value_and_grad returns gradients for unknown names: {', '.join(extra)}")
+    rows = [compare(mod.loss, params, inputs, p, grads.get(p), f0, eps, rtol) for p in mod.PARAMS]
+    return CheckReport(f0, rows, problems, eps, rtol)
+
+
+def compare(loss, params, inputs, name, grad, f0, eps, rtol) -> ParamCheck:
+    value = params[name]
+    row = ParamCheck(name, value.shape)
+    if grad is None:
+        row.problem = "no gradient returned"
+        return row
+    grad = np.array(grad, dtype=np.float64, copy=True)
+    if grad.shape != value.shape:
+        row.problem = f"gradient of shape {fmt_shape(grad.shape)}"
+        return row
+    if not np.all(np.isfinite(grad)):
+        row.problem = "gradient not finite"
+        return row
+
+    def at(i, step):
+        """The loss with element ``i`` moved by ``+step`` and by ``-step``."""
+        old = value[i]
+        try:
+            value[i] = old + step
+            up = loss(params, **inputs)
+            value[i] = old - step
+            down = loss(params, **inputs)
+        finally:
+            value[i] = old
+        return up, down
+
+    fd, jump = np.zeros_like(grad), np.zeros_like(grad)
+    largest = abs(f0)  # the largest loss evaluated: what rounding is relative to
+    for i in np.ndindex(value.shape):
+        up, down = at(i, eps)
+        fd[i] = (up - down) / (2 * eps)
+        jump[i] = abs((up - f0) - (f0 - down)) / eps  # right slope minus left slope
+        largest = max(largest, abs(up), abs(down))
+    scale = max(float(np.max(np.abs(fd), initial=0.0)), ROUNDING * largest / eps)
+    tol = rtol * scale
+    compared = np.ones(grad.shape, dtype=bool)
+    for i in map(tuple, np.argwhere((np.abs(grad - fd) > tol) & (jump > tol))):
+        up, down = at(i, eps / 16)
+        if abs((up - f0) - (f0 - down)) * 16 / eps > jump[i] / 2:  # the jump does not shrink with the step
+            compared[i] = False
+    row.kinks = int(np.count_nonzero(~compared))
+    err = np.abs(grad - fd)[compared]
+    row.abs_err = float(np.max(err, initial=0.0))
+    row.rel_err = row.abs_err / scale if scale > 0 else (0.0 if row.abs_err == 0 else math.inf)
+    row.ok = row.abs_err <= tol
+    return row
+
+
+def check_text(report: CheckReport, title: str) -> str:
+    rows = [("param", "shape", "max abs err", "max rel err", "result")]
+    for r in report.rows:
+        if r.problem:
+            rows.append((r.param, fmt_shape(r.shape), "-", "-", f"FAIL: {r.problem}"))
+            continue
+        result = "pass" if r.ok else "FAIL"
+        if r.kinks == math.prod(r.shape):
+            rows.append((r.param, fmt_shape(r.shape), "-", "-",
+                         "not checked: every element sits on a kink (relu at 0), where there is no derivative"))
+            continue
+        if r.kinks:
+            result += f" ({r.kinks} of {math.prod(r.shape)} elements sit on a kink: not compared)"
+        rows.append((r.param, fmt_shape(r.shape), f"{r.abs_err:.3g}", f"{r.rel_err:.3g}", result))
+    failed = [r.param for r in report.rows if not r.ok]
+    unchecked = [r.param for r in report.rows if r.ok and r.kinks == math.prod(r.shape)]
+    if report.ok and unchecked:
+        verdict = (f"ok: {len(report.rows) - len(unchecked)} of {len(report.rows)} gradients match central "
+                   f"differences; {', '.join(unchecked)} could not be compared at these params")
+    elif report.ok:
+        verdict = f"ok: all {len(report.rows)} gradients match central differences"
+    else:
+        verdict = "FAIL: " + "; ".join(report.problems + ([f"wrong gradient for {', '.join(failed)}"]
+                                                           if failed else []))
+    return "\n".join([
+        title,
+        f"loss {report.loss:.6g}; eps {report.eps:g}; rel err = max |grad - fd| / max |fd|; "
+        f"a param passes when rel err <= rtol ({report.rtol:g})",
+        *columns(rows, right={2, 3}),
+        verdict,
+    ]) + "\n"
