@@ -27,6 +27,7 @@ class AdjointBuilder:
         self.A = nx.DiGraph(loss=None, grads={})
         self.taken = set(reserved)
         self.via = None  # the forward node whose rule is running
+        self.made = set()  # the nodes that rule has made so far
 
     # -- names ---------------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -42,8 +43,15 @@ class AdjointBuilder:
         return name
 
     def rename(self, v, hint: str):
+        """Give node ``v`` (made by the running rule, so it has few edges) the name ``hint`` asks for."""
         new = self.fresh(hint)
-        nx.relabel_nodes(self.A, {v: new}, copy=False)
+        A = self.A
+        A.add_node(new, **A.nodes[v])
+        A.add_edges_from((u, new, d) for u, _, d in A.in_edges(v, data=True))
+        A.add_edges_from((new, w, d) for _, w, d in A.out_edges(v, data=True))
+        A.remove_node(v)
+        self.made.discard(v)
+        self.made.add(new)
         return new
 
     # -- queries -------------------------------------------------------------------------------------------
@@ -76,6 +84,7 @@ class AdjointBuilder:
         shape = OPS[op].shape([self.shape(a) for a in args], attrs)
         name = self.fresh(hint or f"d{self.via}_{op}")
         add_node(self.A, name, op, args, shape=shape, dtype=self.dtype, attrs=attrs, via=self.via)
+        self.made.add(name)
         return name
 
     def mul(self, a, b, hint=None):
@@ -153,16 +162,14 @@ def adjoint(G: nx.DiGraph, loss, reserved=()) -> nx.DiGraph:
         if G.nodes[v]["op"] == "param":
             b.A.graph["grads"][v] = materialize(b, v, g)
             continue
-        b.via = v
-        before = set(b.A)
+        b.via, b.made = v, set()
         xs = operands(G, v)
         renamed = {}
         for x, gx in zip(xs, OPS[G.nodes[v]["op"]].vjp(b, v, xs, g)):
             if x not in needed:
                 continue
             gx = renamed.get(gx, gx)
-            fresh = gx not in before and b.A.nodes[gx]["op"] not in ("forward", "const")
-            if fresh and "wrt" not in b.A.nodes[gx]:
+            if gx in b.made and "wrt" not in b.A.nodes[gx]:
                 hint = f"d{x}" if uses[x] == 1 else f"d{x}_{len(contributions[x]) + 1}"
                 gx = renamed[gx] = b.rename(gx, hint)
                 b.A.nodes[gx]["wrt"] = x

@@ -11,7 +11,7 @@ import jinja2
 
 from .graph import describe, operands, topo_order
 from .ops import OPS
-from .schedule import Schedule, plan_workspace
+from .schedule import Schedule
 
 # The names the generated functions use for their own purposes. If a user name takes one, ours is renamed.
 COMPILER_NAMES = ("np", "params", "self")
@@ -126,7 +126,7 @@ class Renderer:
 
 def render(sched: Schedule, *, name: str, source: str, command: str, version: str, lr: float,
            iterations: int) -> str:
-    """The generated module's source, black-formatted."""
+    """The generated module's source, before black."""
     G, A = sched.G, sched.A
     names = compiler_names(set(G) | set(A))
     r = Renderer(G, A, names["np"])
@@ -134,7 +134,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     def function(fn):
         return {"inputs": fn.inputs, "params": fn.params, "body": [r.statement(s) for s in fn.body]}
 
-    ws = plan_workspace(sched)
+    ws = sched.workspace
 
     def buffer(index):
         return None if index is None else f"_buf{index}"
@@ -155,7 +155,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     for p in (v for v in G if G.nodes[v]["op"] == "param"):
         data = G.nodes[p]
         params.append({**leaf(p), "init": render_init(data, names["np"], dtype)})
-    text = environment().get_template("module.py.j2").render(
+    return environment().get_template("module.py.j2").render(
         name=name,
         source=docstring_safe(source),
         command=docstring_safe(command),
@@ -174,7 +174,6 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         trainer=trainer,
         names=names,
     )
-    return format_source(text)
 
 
 def render_init(data: dict, np_name: str, dtype: str) -> str:

@@ -14,7 +14,7 @@ import networkx as nx
 
 from . import __version__
 from .autodiff import adjoint
-from .codegen import render
+from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .graph import Graph, Tensor, check_dtype, check_number, from_networkx
 from .passes import optimize
@@ -116,7 +116,7 @@ def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS,
     A = optimize(adjoint(G, loss))
     sched = schedule(G, A, loss, outputs)
     name = G.graph["name"]
-    text = render(
+    text = format_source(render(
         sched,
         name=name,
         source=source or f"the graph {name!r} built in Python",
@@ -124,5 +124,5 @@ def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS,
         version=__version__,
         lr=lr,
         iterations=iterations,
-    )
+    ))
     return CompiledModule(name, text, G, A, sched)

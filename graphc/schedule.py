@@ -37,6 +37,7 @@ class Schedule:
     predict: Function
     loss_fn: Function
     train: Function  # forward, then backward: value_and_grad and Trainer.step
+    workspace: "Workspace | None" = None  # Trainer.step's buffer plan
 
 
 def is_statement(graph: nx.DiGraph, v) -> bool:
@@ -60,7 +61,9 @@ def schedule(G: nx.DiGraph, A: nx.DiGraph, loss: str, outputs: list[str]) -> Sch
     loss_fn = forward_function(G, order, [loss])
     train = forward_function(G, order, [loss])
     train.body += [Statement("backward", v) for v in topo_order(A) if is_statement(A, v)]
-    return Schedule(G, A, loss, outputs, forward_function(G, order, outputs), loss_fn, train)
+    sched = Schedule(G, A, loss, outputs, forward_function(G, order, outputs), loss_fn, train)
+    sched.workspace = plan_workspace(sched)
+    return sched
 
 
 # ---- Trainer's workspace: liveness and the buffer plan --------------------------------------------------
