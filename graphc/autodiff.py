@@ -193,14 +193,16 @@ def accumulate(b: AdjointBuilder, v, parts: list):
 
 
 def materialize(b: AdjointBuilder, p, g):
-    """A param's gradient must be its own array of the param's shape, never a constant or an alias of a leaf."""
+    """A param's gradient must be its own array of the param's shape: never a constant, a leaf's array or
+    another param's gradient (a caller may change one gradient in place)."""
     data = b.A.nodes[g]
     if data["op"] == "const":
         name = b.fresh(f"d{p}")
         b.A.add_node(name, op="fill", shape=b.shape(p), dtype=b.dtype, via=p, wrt=p,
                      attrs={"value": data["attrs"]["value"], "shape": b.shape(p)})
         return name
-    if data["op"] == "forward" and b.G.nodes[g]["op"] in ("param", "input"):
+    shared = g in b.A.graph["grads"].values()  # already another param's gradient: one array each
+    if shared or data["op"] == "forward" and b.G.nodes[g]["op"] in ("param", "input"):
         name = b.fresh(f"d{p}")
         add_node(b.A, name, "copy", [g], shape=b.shape(p), dtype=b.dtype, attrs={}, via=p, wrt=p)
         return name

@@ -111,3 +111,12 @@ def test_constant_gradients_become_arrays():
     A = adjoint_of(g, gc.add(x, x, name="f"))  # d f / d x = 1 + 1, known at compile time
     dx = A.nodes[A.graph["grads"]["x"]]
     assert dx["op"] == "fill" and dx["attrs"]["value"] == 2.0
+
+
+def test_params_never_share_a_gradient_array():
+    g = gc.Graph()
+    a, c = g.param("a", (3,)), g.param("c", (3,))
+    A = adjoint_of(g, gc.mse(a + c, g.input("t", (3,)), name="loss"))
+    da, dc = A.graph["grads"]["a"], A.graph["grads"]["c"]
+    copied, original = (da, dc) if A.nodes[da]["op"] == "copy" else (dc, da)
+    assert A.nodes[copied]["op"] == "copy" and operands(A, copied) == [original]
