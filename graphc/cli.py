@@ -38,11 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=run_compile)
 
     s = commands.add_parser(
-        "show", help="print the forward graph, the backward pass or the saved values of SPEC",
+        "show", help="print the forward graph, the backward pass, the saved values or the buffer plan of SPEC",
         description="Print SPEC's forward graph (the default) or, with --backward, one training step: the "
                     "forward statements, then the backward pass (the adjoint graph), one equation per line, "
                     "with shapes, in the NumPy of the generated code. --saved lists the forward values the "
-                    "backward pass reads and their bytes. --format json|dot give the graph for other tools; "
+                    "backward pass reads and their bytes; --memory, Trainer.step's buffer plan. --format json|dot "
+                    "give the graph for other tools; "
                     "svg|png draw it with Graphviz's dot.")
     s.add_argument("spec", **SPEC)
     views = s.add_mutually_exclusive_group()

@@ -257,6 +257,36 @@ def saved_json(module) -> str:
     })
 
 
+# ---- memory: Trainer.step's buffer plan ---------------------------------------------------------------------
+
+def memory_text(module) -> str:
+    ws = module.schedule.workspace
+    rows = [("buffer", "shape", "dtype", "bytes", "holds, one after another")]
+    rows += [(f"_buf{i}", fmt_shape(b.shape), b.dtype, str(b.nbytes), ", ".join(b.values))
+             for i, b in enumerate(ws.buffers)]
+    saved = 1 - ws.nbytes / ws.intermediates if ws.intermediates else 0.0
+    inplace = sum(u.inplace for u in ws.updates)
+    return "\n".join([
+        f"# {module.name}: Trainer.step's workspace, allocated once by Trainer(); values whose lifetimes do not",
+        "# overlap share a buffer, elementwise ops write over an operand that dies there",
+        *columns(rows, right={3}),
+        f"workspace: {len(ws.buffers)} buffers, {nbytes(ws.nbytes)}",
+        f"every intermediate in an array of its own: {nbytes(ws.intermediates)} (the plan saves {saved:.0%})",
+        f"updates: {inplace} of {len(ws.updates)} scale their gradient by lr in place; "
+        f"{len(ws.updates) - inplace} need a temporary",
+    ]) + "\n"
+
+
+def memory_json(module) -> str:
+    ws = module.schedule.workspace
+    return dumps({
+        "buffers": [{"name": f"_buf{i}", "shape": list(b.shape), "dtype": b.dtype, "bytes": b.nbytes,
+                     "holds": b.values} for i, b in enumerate(ws.buffers)],
+        "workspace_bytes": ws.nbytes,
+        "intermediate_bytes": ws.intermediates,
+    })
+
+
 # ---- JSON: networkx node-link data ---------------------------------------------------------------------------
 
 def dumps(data) -> str:
@@ -367,6 +397,11 @@ VIEWS = {
     "saved": View("--saved", "the forward values the backward pass reads, their bytes and the total", {
         "text": saved_text,
         "json": saved_json,
+    }),
+    "memory": View("--memory", "Trainer.step's buffer plan: each buffer, its size, the values sharing it, and "
+                               "the workspace total against the sum of all intermediates", {
+        "text": memory_text,
+        "json": memory_json,
     }),
 }
 IMAGES = ("svg", "png")  # rendered from the view's DOT by Graphviz

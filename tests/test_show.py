@@ -241,3 +241,26 @@ def test_saved_and_backward_are_exclusive(root, capsys):
         main(["show", "examples/two_layer.toml", "--saved", "--backward"])
     assert exit.value.code == 2
     assert capsys.readouterr().err.startswith("graphc: error: argument --backward: not allowed with argument --saved")
+
+
+# ---- memory: the buffer plan of Trainer.step -----------------------------------------------------------------
+
+def test_memory_lists_every_buffer_and_every_value_once(root, capsys):
+    text = show(capsys, "examples/two_layer.toml", "--memory")
+    ws = compiled("two_layer").schedule.workspace
+    rows = [line.split(None, 4) for line in text.splitlines() if line.startswith("_buf")]
+    assert [r[0] for r in rows] == [f"_buf{i}" for i in range(len(ws.buffers))]
+    assert [int(r[3]) for r in rows] == [b.nbytes for b in ws.buffers]
+    held = [v for r in rows for v in r[4].split(", ") if not v.startswith("scratch")]
+    body = compiled("two_layer").schedule.train.body
+    assert sorted(held) == sorted(s.node for s in body if s.node != "loss")  # every array of the step, once
+    assert f"workspace: {len(ws.buffers)} buffers, {ws.nbytes} bytes" in text
+    assert f"every intermediate in an array of its own: {ws.intermediates} bytes" in text
+    assert ws.nbytes < ws.intermediates
+
+
+def test_memory_json(root, capsys):
+    data = json.loads(show(capsys, "examples/two_layer.toml", "--memory", "--format", "json"))
+    ws = compiled("two_layer").schedule.workspace
+    assert data["workspace_bytes"] == ws.nbytes == sum(b["bytes"] for b in data["buffers"])
+    assert [b["holds"] for b in data["buffers"]] == [b.values for b in ws.buffers]
