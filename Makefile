@@ -46,7 +46,7 @@ bench: setup
 
 # Regenerate the golden files in tests/golden/ after a reviewed change to the generated code.
 golden: test-setup
-	$(BIN)/python -m pytest -q tests/test_golden.py --update-golden
+	$(BIN)/python -m pytest -q tests/test_golden.py tests/test_show.py --update-golden
 
 clean:
 	rm -rf $(VENV) examples/*.py .pytest_cache
