@@ -142,3 +142,12 @@ def test_check_finite_is_off_by_default(two_layer_module):
     X[0, 0] = np.nan
     trainer = mod.Trainer(mod.init_params())
     assert np.isnan(trainer.step(X, y))
+
+
+def test_trainer_matches_pure_functions_when_two_params_get_the_same_gradient():
+    g = gc.Graph("shared")
+    a, c = g.param("a", (3, 2)), g.param("c", (3, 2))
+    mod = gc.compile(g, loss=gc.mse(a + c, g.input("t", (3, 2)), name="loss"))
+    assert "np.copyto(" in mod.source  # d loss / d c is a copy of d loss / d a, made in the workspace
+    mod = mod.load()
+    assert_trainer_matches_value_and_grad(mod, random_params(mod), random_inputs(mod))
