@@ -16,16 +16,24 @@ class GraphcError(Exception):
 
     def located(self, *, file: str | None = None, node: str | None = None) -> "GraphcError":
         """Fill in a location the raiser did not know; returns self for `raise err.located(...)`."""
-        self.file = self.file or file
-        self.node = self.node or node
+        self.file = self.file if self.file is not None else file
+        self.node = self.node if self.node is not None else node
         return self
 
     def __str__(self) -> str:
         where = ""
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
-        node = f"node '{self.node}': " if self.node else ""
-        return f"{where}{node}{self.message}"
+        node = f"node {str(self.node)!r}: " if self.node is not None else ""
+        return one_line(f"{where}{node}{self.message}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped: a user's name, path or value (a newline, a
+    terminal escape sequence) can never break the one-line message or reach the terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class SpecError(GraphcError):
