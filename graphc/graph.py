@@ -13,6 +13,7 @@ import numbers
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 
 from .errors import GraphError, ShapeError
 from .ops import OPS, check_attrs
@@ -24,16 +25,19 @@ LEAVES = ("input", "param", "const")
 # log_every=)): an input of that name could not be passed by keyword.
 INPUT_RESERVED = ("iterations", "log_every")
 MAX_ELEMENTS = 2**31  # one tensor; larger is almost surely a typo and would not fit in memory anyway
+MAX_RANK = 32  # NumPy's limit on dimensions (32 before NumPy 2, 64 since)
 
 
 def check_name(name, what="node") -> str:
     """A user name becomes a Python identifier in the generated code: ASCII, not a keyword, no leading _."""
+    # A node's error is located at the node; the graph's name says what it is in the message.
+    node, subject = (None, f"graph name {name!r}") if what == "graph" else (name, "the name")
     if not isinstance(name, str) or not name.isascii() or not name.isidentifier():
-        raise GraphError(f"{what} name {name!r} is not a valid ASCII Python identifier")
+        raise GraphError(f"{subject} is not a valid ASCII Python identifier", node=node)
     if keyword.iskeyword(name):
-        raise GraphError(f"{what} name {name!r} is a Python keyword")
+        raise GraphError(f"{subject} is a Python keyword", node=node)
     if name.startswith("_"):
-        raise GraphError(f"{what} name {name!r} starts with '_', which graphc keeps for its own names")
+        raise GraphError(f"{subject} starts with '_', which graphc keeps for its own names", node=node)
     return name
 
 
@@ -41,6 +45,8 @@ def check_shape(shape, node: str) -> tuple[int, ...]:
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ShapeError(f"shape {shape!r} is not a list of dimensions", node=node)
     dims = tuple(shape)
+    if len(dims) > MAX_RANK:
+        raise ShapeError(f"shape has {len(dims)} dimensions; NumPy allows at most {MAX_RANK}", node=node)
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
             raise ShapeError(f"shape {list(dims)!r}: every dimension must be a positive integer", node=node)
@@ -65,6 +71,21 @@ def check_number(value, what: str, node: str | None = None) -> float:
     if not math.isfinite(value):
         raise GraphError(f"{what} must be finite, got {value!r}", node=node)
     return value
+
+
+def check_fits(data: dict, node) -> None:
+    """A param's init (times its scale) and a constant must be finite in the node's dtype (float32 ends at 3.4e38)."""
+    top = float(np.finfo(data["dtype"]).max)
+    if data["op"] == "const":
+        value, what = data["attrs"]["value"], f"constant {data['attrs']['value']!r}"
+    elif data["op"] == "param":
+        init, scale = data["init"], data.get("scale", 1.0)
+        value = {"zeros": 0.0, "ones": 1.0, "randn": 10.0}.get(init, init) * scale  # randn: 10 sigma
+        what = f"init {init!r}" + (f" times scale {scale!r}" if "scale" in data else "")
+    else:
+        return
+    if not abs(value) <= top:
+        raise GraphError(f"{what} does not fit in {data['dtype']} (largest: {top:.4g})", node=node)
 
 
 def operands(G: nx.DiGraph, v) -> list:
@@ -223,6 +244,7 @@ class Graph:
         data = dict(op="param", shape=shape, dtype=check_dtype(dtype or self.dtype, name), init=init, attrs={})
         if scale is not None:
             data["scale"] = check_number(scale, "scale", name)
+        check_fits(data, name)
         self.nx.add_node(name, **data)
         return Tensor(self, name)
 
@@ -230,7 +252,9 @@ class Graph:
         """A scalar constant."""
         value = check_number(value, "constant", name)
         name = self._new_name(name, "const")
-        self.nx.add_node(name, op="const", shape=(), dtype=self.dtype, attrs={"value": value})
+        data = dict(op="const", shape=(), dtype=self.dtype, attrs={"value": value})
+        check_fits(data, name)
+        self.nx.add_node(name, **data)
         return Tensor(self, name)
 
     def apply(self, op: str, *args, name: str | None = None, **attrs) -> Tensor:
@@ -302,7 +326,8 @@ def from_networkx(G: nx.DiGraph, name: str | None = None, dtype: str | None = No
     if G.number_of_nodes() == 0:
         raise GraphError("the graph is empty")
     if not nx.is_directed_acyclic_graph(G):
-        cycle = " -> ".join(str(u) for u, _ in nx.find_cycle(G))
+        edges = nx.find_cycle(G)
+        cycle = " -> ".join([str(u) for u, _ in edges] + [str(edges[0][0])])
         raise GraphError(f"the graph has a cycle: {cycle}")
     g = Graph(name or G.graph.get("name") or "model", dtype or G.graph.get("dtype") or "float64")
     for v in topo_order(G):

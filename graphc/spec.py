@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .compiler import DEFAULT_ITERATIONS, DEFAULT_LR
 from .errors import GraphcError, SpecError
-from .graph import DTYPES, Graph, Tensor, public_ops
+from .graph import DTYPES, Graph, Tensor, check_name, public_ops
 
 SECTIONS = {"name", "inputs", "params", "nodes", "train"}
 TRAIN_KEYS = {"loss", "outputs", "optimizer", "lr", "iterations", "dtype"}
@@ -39,19 +39,24 @@ def read(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else "not UTF-8 text"
         raise SpecError(f"cannot read the spec: {reason}") from None
-    if path.suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            line = re.search(r"line (\d+)", str(err))
-            raise SpecError(f"invalid TOML: {str(err).split(' (at')[0]}",
-                            line=int(line.group(1)) if line else None) from None
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        data = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=reject_constant)
+        if kind == "TOML":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=reject_constant)
+    except tomllib.TOMLDecodeError as err:
+        line = re.search(r"line (\d+)", str(err))
+        raise SpecError(f"invalid TOML: {str(err).split(' (at')[0]}",
+                        line=int(line.group(1)) if line else None) from None
     except json.JSONDecodeError as err:
         raise SpecError(f"invalid JSON: {err.msg}", line=err.lineno) from None
+    except RecursionError:
+        raise SpecError(f"invalid {kind}: nested too deeply") from None
+    except ValueError as err:  # an integer literal of more digits than Python converts (sys.int_info)
+        raise SpecError(f"invalid {kind}: {str(err).split(';')[0]}") from None
     if not isinstance(data, dict):
         raise SpecError("invalid JSON: the spec must be an object")
     return data
@@ -114,6 +119,8 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
     for key, count in Counter(every).items():
         if count > 1:
             raise SpecError(f"duplicate name {key!r} (each name is defined once across sections)", node=key)
+    for key in every:  # before any node is built: a bad name is reported as the user wrote it
+        check_name(key)
     for key, shape in inputs.items():
         g.input(key, shape)
     for key, p in params.items():
@@ -139,12 +146,24 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
         if ref not in g:
             raise SpecError(f"[train] names {ref!r}, which is not defined", node=ref)
     lr = train.get("lr", DEFAULT_LR)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise SpecError(f"[train] lr must be a positive number, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < as_float(lr) < math.inf:
+        raise SpecError(f"[train] lr must be a positive finite number, got {lr!r}")
     iterations = train.get("iterations", DEFAULT_ITERATIONS)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 10**9:
-        raise SpecError(f"[train] iterations must be a positive integer, got {iterations!r}")
+        raise SpecError(f"[train] iterations must be an integer from 1 to 10**9, got {iterations!r}")
     return Spec(g, loss, outputs, float(lr), iterations, path)
+
+
+def as_float(x) -> float:
+    """``float(x)``, with an int too large for a float (JSON has no limit) as inf rather than an exception."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf
+
+
+def clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 class Namer:
@@ -174,10 +193,18 @@ class Expression:
     def build(self, text) -> Tensor:
         if not isinstance(text, str):
             self.fail(f"a node is an expression string, got {text!r}")
+        if not text.isascii():  # Python folds look-alikes (NFKC): 'ℓ' would silently mean 'l'
+            c = next(c for c in text if not c.isascii())
+            self.fail(f"character {c!r} (U+{ord(c):04X}) is not allowed: expressions are ASCII")
+        self.text = text.strip()
         try:
-            tree = ast.parse(text.strip(), mode="eval")
-        except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
-            self.fail(f"cannot parse {text!r}: {getattr(err, 'msg', None) or 'too deeply nested'}")
+            tree = ast.parse(self.text, mode="eval")
+        except SyntaxError as err:
+            self.fail(f"cannot parse {clip(text, 80)!r}: {err.msg}")
+        except (RecursionError, MemoryError):
+            self.fail(f"cannot parse {clip(text)!r}: nested too deeply")
+        except ValueError as err:  # null bytes; an int literal of more digits than Python converts
+            self.fail(f"cannot parse {clip(text)!r}: {str(err).split(';')[0]}")
         root = tree.body
         if isinstance(root, ast.Name):
             self.fail(f"{text!r} only renames {root.id!r}; use that name directly")
@@ -208,10 +235,16 @@ class Expression:
             return [node.operand]
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in public_ops():
-                called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-                self.fail(f"unknown op {called!r} (known: {', '.join(sorted(public_ops()))})")
+                if isinstance(node.func, ast.Name):
+                    self.fail(f"unknown op {node.func.id!r} (known: {', '.join(sorted(public_ops()))})")
+                self.fail(f"only ops can be called, by name ({', '.join(sorted(public_ops()))}); "
+                          f"this calls {type(node.func).__name__} expression")
             if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
                 self.fail("* and ** arguments are not allowed")
+            given = [k.arg for k in node.keywords]
+            for key in given:
+                if given.count(key) > 1:
+                    self.fail(f"attribute {key}= is given twice")
             return list(node.args)
         if isinstance(node, (ast.Name, ast.Constant)):
             return []
@@ -221,7 +254,11 @@ class Expression:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self.fail(f"{node.value!r} is not allowed here: only numbers are constants")
-            return float(node.value)
+            value = as_float(node.value)
+            if not math.isfinite(value):  # 1e999, or an int beyond float range
+                written = ast.get_source_segment(self.text, node) or repr(node.value)
+                self.fail(f"the number {clip(written)} is too large")
+            return value
         if isinstance(node, ast.Name):
             return self.lookup(node.id)
         if isinstance(node, ast.UnaryOp):
@@ -243,6 +280,8 @@ class Expression:
     def lookup(self, ref: str) -> Tensor:
         if ref in self.g:
             return self.g[ref]
+        if ref == self.target:
+            self.fail(f"{ref!r} refers to itself")
         if ref in self.later:
             self.fail(f"{ref!r} is used before its definition (names are defined top to bottom)")
         self.fail(f"undefined name {ref!r}")
