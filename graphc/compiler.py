@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 import sys
 import tempfile
 import uuid
@@ -16,7 +17,7 @@ from . import __version__
 from .autodiff import adjoint
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
-from .graph import Graph, Tensor, check_dtype, check_number, from_networkx
+from .graph import Graph, Tensor, check_dtype, check_fits, check_number, from_networkx
 from .passes import optimize
 from .schedule import Schedule, schedule
 
@@ -35,7 +36,12 @@ class CompiledModule:
     schedule: Schedule
 
     def save(self, path) -> Path:
-        """Write the source to ``path`` atomically: a failure leaves an existing file as it was."""
+        """Write the source to ``path`` atomically: a failure leaves an existing file as it was.
+
+        Never over a spec: ``graphc compile m.toml -o m.toml`` would replace the model with its own module."""
+        if Path(path).suffix.lower() in (".toml", ".json"):
+            raise GraphcError(f"cannot write the module to a {Path(path).suffix} file, the kind a spec is; "
+                              "name it .py", file=str(path))
         return write_atomic(path, self.source)
 
     def load(self):
@@ -50,29 +56,44 @@ class CompiledModule:
 
 
 def write_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename it over ``path``:
+    readers see the old file or the new one, never a part; on any failure the old file is left as it was and
+    the temporary file is removed. The new file keeps the old one's permissions (0644 for a new file)."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent
     if not directory.is_dir():
-        raise GraphcError(f"cannot write {path}: directory {directory} does not exist", file=str(path))
+        reason = f"{str(directory)!r} is not a directory" if directory.exists() else \
+            f"directory {str(directory)!r} does not exist"
+        raise GraphcError(f"cannot write: {reason}", file=str(path))
+    if path.is_dir():
+        raise GraphcError("cannot write: it is a directory", file=str(path))
     try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as err:
-        raise GraphcError(f"cannot write {path}: {err.strerror}", file=str(path)) from None
+        raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as err:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         if isinstance(err, OSError):
-            raise GraphcError(f"cannot write {path}: {err.strerror}", file=str(path)) from None
+            raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
         raise
     return path
 
 
-def node_name(x, what: str) -> str:
+def node_name(x, what: str, g=None) -> str:
     if isinstance(x, Tensor):
+        if isinstance(g, Graph) and x.graph is not g:
+            raise GraphError(f"{what} {x.name!r} is a node of another graph", node=x.name)
         return x.name
     if isinstance(x, str):
         return x
@@ -92,6 +113,7 @@ def forward_graph(g, dtype=None) -> nx.DiGraph:
     if dtype is not None:
         for v in G:
             G.nodes[v]["dtype"] = dtype
+            check_fits(G.nodes[v], v)
     return G
 
 
@@ -103,14 +125,32 @@ def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS,
     only go into the module's docstring (the spec file, and the command that regenerates it).
     """
     G = forward_graph(g, dtype)
-    loss = node_name(loss, "loss")
-    outputs = [node_name(o, "an output") for o in (outputs if outputs is not None else [loss])]
+    if loss is None:
+        raise GraphError("no loss given: name the scalar node to minimise")
+    loss = node_name(loss, "the loss", g)
+    if loss not in G:
+        raise GraphError(f"the loss {loss!r} is not a node of the graph", node=loss)
+    if G.nodes[loss]["op"] == "const":
+        raise GraphError(f"the loss {loss!r} is a constant: no param can change it", node=loss)
+    if outputs is None:
+        outputs = [loss]
+    elif isinstance(outputs, (Tensor, str)):
+        outputs = [outputs]
+    outputs = [node_name(o, "an output", g) for o in outputs]
+    if not outputs:
+        raise GraphError("outputs is empty: name what predict() returns (the default is the loss)")
     for o in outputs:
         if o not in G:
             raise GraphError(f"output {o!r} is not a node of the graph", node=o)
+        if G.nodes[o]["op"] == "const":
+            raise GraphError(f"output {o!r} is a constant: predict() computes nothing for it", node=o)
     if len(set(outputs)) != len(outputs):
         raise GraphError(f"outputs {outputs} name a node twice")
+    if not any(op == "param" for _, op in G.nodes(data="op")):
+        raise GraphError("the graph has no params: there is nothing to train")
     lr = check_number(lr, "lr")
+    if lr <= 0:
+        raise GraphError(f"lr must be positive, got {lr!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise GraphError(f"iterations must be a positive integer, got {iterations!r}")
     A = optimize(adjoint(G, loss))
