@@ -180,12 +180,23 @@ def adjoint(G: nx.DiGraph, loss, reserved=()) -> nx.DiGraph:
     return b.A
 
 
+# Terms of one accumulate node. Its pure form is one sum, ``a + b + c ...``, and Python's compiler recurses once
+# per ``+`` (a sum of about 3000 terms does not compile), so a wider fan-out is summed in steps.
+MAX_TERMS = 64
+
+
 def accumulate(b: AdjointBuilder, v, parts: list):
     """Fan-out: the adjoint of ``v`` is the sum of what each of its consumers sent back."""
     if len(parts) == 1:
         return parts[0]
     if all(b.const_value(p) is not None for p in parts):
         return b.const(sum(b.const_value(p) for p in parts))
+    while len(parts) > MAX_TERMS:  # a wide fan-out: partial sums in a chain, each the first term of the next
+        head, parts = parts[:MAX_TERMS], parts[MAX_TERMS:]
+        partial = b.fresh(f"d{v}_sum")
+        shape = broadcast_shape([b.shape(p) for p in head], {})
+        add_node(b.A, partial, "accumulate", head, shape=shape, dtype=b.dtype, attrs={}, via=v, wrt=v)
+        parts = [partial, *parts]
     name = b.fresh(f"d{v}")
     shape = broadcast_shape([b.shape(p) for p in parts], {})
     add_node(b.A, name, "accumulate", parts, shape=shape, dtype=b.dtype, attrs={}, via=v, wrt=v)
