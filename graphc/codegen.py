@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -184,5 +186,152 @@ def render_init(data: dict, np_name: str, dtype: str) -> str:
     return str(macro(kind, tuple(data["shape"]), dtype, value, None if scale is None else repr(float(scale))))
 
 
-def format_source(text: str) -> str:
+# Modules longer than this go through black one line shape at a time (see format_source): black costs about
+# 0.5 ms per line, and a 10,000-node chain makes a module of 200,000 lines.
+FAST_FORMAT_LINES = 5000
+
+
+def format_source(text: str, *, by_shape: bool | None = None) -> str:
+    """``text`` through black, then through Python's own compiler: what graphc writes always imports.
+
+    Nothing here recurses over the graph: every statement is one op, and a sum of gradients has at most
+    autodiff.MAX_TERMS terms. Black is linear but slow (about 0.5 ms per line), so a long module (more than
+    FAST_FORMAT_LINES lines, or ``by_shape=True``) is formatted by shape: see _format_by_shape. The result is the
+    same text black gives for the whole module (tests/test_big.py compares the two).
+    """
+    from .errors import GraphcError
+
+    if by_shape is None:
+        by_shape = text.count("\n") > FAST_FORMAT_LINES
+    try:
+        formatted = (_format_by_shape(text) if by_shape else None) or _black(text)
+        compile(formatted, "<generated module>", "exec", dont_inherit=True)
+    except (RecursionError, MemoryError):
+        raise GraphcError("the generated module nests expressions too deeply for black or for Python's compiler "
+                          f"({len(text.splitlines())} lines); please report the graph that produced it") from None
+    return formatted
+
+
+def _black(text: str) -> str:
     return black.format_str(text, mode=black.Mode())
+
+
+_IDENTIFIER = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+_PLACEHOLDER = re.compile(r"\ba\b")
+_STRING = re.compile(r"\"[^\"\\]*\"|'[^'\\]*'")
+_NOT_SIMPLE = re.compile(r"\\|\w[\"']|;")  # line continuations, prefixed strings (f"..."), two statements
+_STATEMENT_KEYWORDS = frozenset(keyword.kwlist) - {"None", "True", "False", "not", "lambda", "await"}
+
+
+def _format_by_shape(text: str) -> str | None:
+    """Black's output for ``text``, computed from far fewer lines than ``text`` has; None where that fails.
+
+    Inside a function, black formats a one-line simple statement or comment independently of the lines around
+    it, and identifiers matter to it only through the line's length. So each such line is reduced to its
+    *shape* (every identifier replaced by ``a``), the distinct shapes go through black together, once, and the
+    identifiers are put back in order. A line is taken this way only if its shape stays one line and the line,
+    names back in, still fits black's line length. The rest of the module (signatures, docstrings, multi-line
+    statements, blank lines) goes through black as usual, each run of shaped lines standing in as a marker line
+    of the same kind (comment or statement), so black's blank-line rules see the same neighbours. Every
+    assumption is checked on the way back; if one fails, the caller formats the whole module with black.
+    """
+    lines = text.split("\n")
+    if "\t" in text:
+        return None
+    marker = "graphc_shape"
+    while marker in text:
+        marker += "_"
+
+    # 1. the candidates: a complete one-line simple statement or comment, indented by 4k spaces (k >= 1)
+    candidates, depth, in_string = {}, 0, False
+    for i, line in enumerate(lines):
+        quotes = line.count('"""') + line.count("\'\'\'")
+        if in_string or quotes:
+            in_string ^= quotes % 2 == 1
+            continue
+        code = _STRING.sub('""', line).split("#", 1)[0]
+        opened = sum(map(code.count, "([{")) - sum(map(code.count, ")]}"))
+        indent = len(line) - len(line.lstrip(" "))
+        first = _IDENTIFIER.match(line.lstrip())
+        if (depth == 0 and opened == 0 and line.strip() and indent >= 4 and indent % 4 == 0
+                and not _NOT_SIMPLE.search(line) and not code.rstrip().endswith(":")
+                and not line.lstrip().startswith("@") and not (first and first.group() in _STATEMENT_KEYWORDS)):
+            names = [n for n in _IDENTIFIER.findall(line) if not keyword.iskeyword(n)]
+            shape = _IDENTIFIER.sub(lambda m: m.group() if keyword.iskeyword(m.group()) else "a", line)
+            candidates[i] = (shape, names)
+        depth += opened
+
+    # 2. each distinct shape through black once, nested to its own depth, after a marker comment of its own
+    shapes = sorted({shape for shape, _ in candidates.values()}, key=lambda s: (len(s) - len(s.lstrip()), s))
+    synthetic, level = ["def f():"], 1
+    for k, shape in enumerate(shapes):
+        indent = (len(shape) - len(shape.lstrip())) // 4
+        while level < indent:
+            synthetic += ["    " * level + "pass", "    " * level + "if a:"]
+            level += 1
+        synthetic += ["    " * indent + f"# {marker} {k}", shape]
+    synthetic.append("    " * level + "pass")
+    formatted, current = {}, None
+    for line in _black("\n".join(synthetic) + "\n").split("\n"):
+        if line.lstrip().startswith(f"# {marker} "):
+            current = int(line.split()[-1])
+            formatted[current] = []
+        elif line.strip() in ("pass", "if a:", "def f():", ""):
+            current = None
+        elif current is not None:
+            formatted[current].append(line)
+    one_line = {shapes[k]: out[0] for k, out in formatted.items() if len(out) == 1}
+
+    # 3. the lines taken by shape: names back in, in order, and still within the line length
+    taken = {}
+    for i, (shape, names) in candidates.items():
+        out = one_line.get(shape)
+        if out is not None and len(_PLACEHOLDER.findall(out)) == len(names):
+            it = iter(names)
+            line = _PLACEHOLDER.sub(lambda m: next(it), out)
+            if len(line) <= black.Mode().line_length:
+                taken[i] = line
+
+    # 4. runs of taken lines (one indent, nothing between) become markers; black formats everything else
+    skeleton, runs, i = [], [], 0
+    while i < len(lines):
+        if i not in taken:
+            skeleton.append(lines[i])
+            i += 1
+            continue
+        indent = len(lines[i]) - len(lines[i].lstrip(" "))
+        j = i
+        while j + 1 in taken and len(lines[j + 1]) - len(lines[j + 1].lstrip(" ")) == indent:
+            j += 1
+        run = len(runs)
+        runs.append((indent, [taken[k] for k in range(i, j + 1)]))
+        for k, end in ((i, "first"), (j, "last")) if j > i else ((i, "first"),):
+            comment = lines[k].lstrip().startswith("#")
+            skeleton.append(" " * indent + (f"# {marker} {run} {end}" if comment else f"{marker}_{run}_{end} = 0"))
+        i = j + 1
+
+    # 5. the runs back in place of their markers, checking that black kept the markers as they were
+    placeholder = re.compile(rf"^( *)(?:# {marker} (\d+) (first|last)|{marker}_(\d+)_(first|last) = 0)$")
+    out, expected, opened = [], 0, None
+    for line in _black("\n".join(skeleton)).split("\n"):
+        m = placeholder.match(line)
+        if m is None:
+            if opened is not None:
+                return None  # black put something between the two markers of a run
+            out.append(line)
+            continue
+        run, end = int(m.group(2) or m.group(4)), m.group(3) or m.group(5)
+        indent, block = runs[run] if run < len(runs) else (None, None)
+        if len(m.group(1)) != indent:
+            return None
+        if end == "first":
+            if run != expected or opened is not None:
+                return None
+            out += block
+            expected += 1
+            opened = run if len(block) > 1 else None
+        elif opened != run:
+            return None
+        else:
+            opened = None
+    return "\n".join(out) if expected == len(runs) and opened is None else None
