@@ -35,7 +35,7 @@ demo: setup
 test: test-setup
 	$(BIN)/python -m pytest -q
 
-# Thousands of random graphs through the gradient fuzzer (make test runs a bounded number).
+# Thousands of random graphs through the gradient fuzzer (make test runs 50; this runs 5000, about half an hour).
 fuzz: test-setup
 	GRAPHC_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q tests/test_fuzz.py
 

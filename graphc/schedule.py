@@ -169,7 +169,9 @@ def plan_workspace(sched: Schedule) -> Workspace:
         out = scratch = None
         if shape != ():
             intermediates += math.prod(shape) * np.dtype(dtype).itemsize
-            candidates = reads[i][:1] if data["op"] == "accumulate" else reads[i]
+            candidates = reads[i]
+            if data["op"] == "accumulate":  # a sum is written term by term: only into its first term's buffer,
+                candidates = [] if reads[i][0] in reads[i][1:] else reads[i][:1]  # and not if it comes again
             for u in candidates if op.inplace else ():
                 if u in where and last[u] == i and pool.buffers[where[u]].shape == shape \
                         and pool.buffers[where[u]].dtype == dtype:

@@ -151,3 +151,11 @@ def test_trainer_matches_pure_functions_when_two_params_get_the_same_gradient():
     assert "np.copyto(" in mod.source  # d loss / d c is a copy of d loss / d a, made in the workspace
     mod = mod.load()
     assert_trainer_matches_value_and_grad(mod, random_params(mod), random_inputs(mod))
+
+
+def test_a_sum_whose_first_term_comes_again_is_not_written_over_that_term():
+    # found by the fuzzer: mse(x, x - x) sums d loss / d x as dx_1 + dlr + dx_1 (neg(neg(g)) folds back to g)
+    g = gc.Graph("again")
+    x = g.param("x", (2,))
+    mod = gc.compile(g, gc.mse(x, x - x, name="loss")).load()
+    assert_trainer_matches_value_and_grad(mod, random_params(mod), ())
