@@ -60,6 +60,9 @@ class Line:
     grad_of: str | None = None  # the param whose gradient this is, when value_and_grad returns it
 
 
+USES_NAMED = 4  # the uses a sum's note names; the rest are counted
+
+
 class Lines:
     """Turns nodes of the forward graph and the adjoint graph of ``module`` into ``Line``s."""
 
@@ -68,6 +71,8 @@ class Lines:
         self.loss = self.A.graph["loss"]
         self.graphs = {"forward": self.G, "backward": self.A}
         self.render = Renderer(self.G, self.A, compiler_names(set(self.G) | set(self.A))["np"])
+        self.order = {v: i for i, v in enumerate(topo_order(self.G))}
+        self.upstream = nx.ancestors(self.G, self.loss) | {self.loss}
 
     def reads(self, key: str, v) -> list:
         """The variables node ``v`` reads: its operands, looking through inline views (``h.T``) and constants."""
@@ -94,11 +99,11 @@ class Lines:
         data = self.A.nodes[v]
         wrt, via = data.get("wrt"), data.get("via")
         if data["op"] == "accumulate":  # one term per use of wrt, in the order the backward visits them
-            upstream = nx.ancestors(self.G, self.loss) | {self.loss}
-            uses = [w for w in reversed(topo_order(self.G)) if w in upstream and wrt in operands(self.G, w)]
+            uses = sorted((w for w in self.G.successors(wrt) if w in self.upstream), key=self.order.get, reverse=True)
             terms = len(operands(self.A, v))
-            return f"d {self.loss} / d {wrt}: the sum over its {terms} uses, via " + " and ".join(
-                describe(self.G, w) for w in uses)
+            named = " and ".join(describe(self.G, w) for w in uses[:USES_NAMED])
+            more = f" and {len(uses) - USES_NAMED} more" if len(uses) > USES_NAMED else ""
+            return f"d {self.loss} / d {wrt}: the sum over its {terms} uses, via {named}{more}"
         if data["op"] in ("copy", "fill"):
             return f"d {self.loss} / d {wrt}, as an array of its own"
         where = f"via {describe(self.G, via)}" if via is not None else ""
@@ -111,9 +116,9 @@ class Lines:
         """The adjoint graph's statements in execution order, then one line per param whose gradient is an
         existing value (``dy[] = f_add_2``), so that every param's gradient has a line of its own."""
         lines = [self.line("backward", v) for v in topo_order(self.A) if is_statement(self.A, v)]
-        taken = set(self.G) | set(self.A)
+        taken, has_line = set(self.G) | set(self.A), {ln.grad_of for ln in lines}
         for p, g in self.A.graph["grads"].items():
-            if any(ln.grad_of == p for ln in lines):
+            if p in has_line:
                 continue
             name = f"d{p}"
             while name in taken:
