@@ -219,7 +219,7 @@ class Trainer:
         # d loss / d W2 via pred_matmul = matmul(h, W2) -> (200, 10)
         dW2 = np.matmul(h.T, dpred, out=_buf5)
         # d loss / d h_add via h = relu(h_add) -> (32, 200)
-        np.sign(h, out=_buf0)  # 1 where h > 0, else 0 (h = relu(...) >= 0)
+        np.greater(h, 0.0, out=_buf0)  # the mask: 1.0 where h > 0, else 0.0
         dh_add = np.multiply(dh, _buf0, out=_buf4)
         # d loss / d b1 via h_add = add(h_matmul, b1) -> (200,)
         db1 = np.sum(dh_add, axis=0, out=_buf6)
