@@ -15,7 +15,7 @@ from collections import defaultdict
 import networkx as nx
 
 from .errors import GraphError
-from .graph import add_node, operands, topo_order
+from .graph import Namer, add_node, operands, topo_order
 from .ops import OPS, broadcast_shape
 
 
@@ -25,22 +25,15 @@ class AdjointBuilder:
     def __init__(self, G: nx.DiGraph, reserved):
         self.G = G
         self.A = nx.DiGraph(loss=None, grads={})
-        self.taken = set(reserved)
+        self.names = Namer(reserved)
         self.via = None  # the forward node whose rule is running
         self.made = set()  # the nodes that rule has made so far
 
     # -- names ---------------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
         """``hint``, or a variant of it that no user name and no earlier adjoint name uses."""
-        name = hint if not hint.startswith("_") else hint[1:]
-        if name in self.taken:
-            name = "_" + name
-        base, k = name, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        name = hint.removeprefix("_")
+        return self.names("_" + name if name in self.names.taken else name)
 
     def rename(self, v, hint: str):
         """Give node ``v`` (made by the running rule, so it has few edges) the name ``hint`` asks for."""

@@ -41,6 +41,21 @@ def check_name(name, what="node") -> str:
     return name
 
 
+class Namer:
+    """Fresh names from hints: ``hint``, else ``hint_2``, ``hint_3``, ...: never one of ``taken`` or an earlier one."""
+
+    def __init__(self, taken: set):
+        self.taken = set(taken)
+
+    def __call__(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self.taken:
+            k += 1
+            name = f"{hint}_{k}"
+        self.taken.add(name)
+        return name
+
+
 def check_shape(shape, node: str) -> tuple[int, ...]:
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ShapeError(f"shape {shape!r} is not a list of dimensions", node=node)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .compiler import DEFAULT_ITERATIONS, DEFAULT_LR
 from .errors import GraphcError, SpecError
-from .graph import DTYPES, Graph, Tensor, check_name, public_ops
+from .graph import DTYPES, Graph, Namer, Tensor, check_name, public_ops
 
 SECTIONS = {"name", "inputs", "params", "nodes", "train"}
 TRAIN_KEYS = {"loss", "outputs", "optimizer", "lr", "iterations", "dtype"}
@@ -164,21 +164,6 @@ def as_float(x) -> float:
 
 def clip(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[:n] + "..."
-
-
-class Namer:
-    """Names for the unnamed nodes inside an expression: ``h_add``, ``h_add_2``, ... never a spec name."""
-
-    def __init__(self, taken: set):
-        self.taken = set(taken)
-
-    def __call__(self, hint: str) -> str:
-        name, k = hint, 1
-        while name in self.taken:
-            k += 1
-            name = f"{hint}_{k}"
-        self.taken.add(name)
-        return name
 
 
 class Expression:
