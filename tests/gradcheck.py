@@ -34,6 +34,7 @@ def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: 
         np.testing.assert_array_equal(params[k], before[k], err_msg="value_and_grad changed the params")
     assert value == mod.loss(params, *inputs)
     assert set(grads) == set(mod.PARAMS)
+    assert len({id(g) for g in grads.values()}) == len(grads), "two params share one gradient array"
     expected = finite_differences(mod.loss, params, inputs)
     for name in mod.PARAMS:
         assert np.shape(grads[name]) == params[name].shape, name

@@ -120,3 +120,11 @@ def test_params_never_share_a_gradient_array():
     da, dc = A.graph["grads"]["a"], A.graph["grads"]["c"]
     copied, original = (da, dc) if A.nodes[da]["op"] == "copy" else (dc, da)
     assert A.nodes[copied]["op"] == "copy" and operands(A, copied) == [original]
+
+
+def test_cse_keeps_one_gradient_array_per_param():
+    g = gc.Graph()
+    X, y = g.input("X", (4, 3)), g.input("y", (4, 3))
+    b1, b2 = g.param("b1", (3,)), g.param("b2", (3,))  # both gradients are sum(dpred, axis=0)
+    A = adjoint_of(g, gc.mse(X + b1 + b2, y, name="loss"))
+    assert A.graph["grads"]["b1"] != A.graph["grads"]["b2"]
