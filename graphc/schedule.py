@@ -192,7 +192,7 @@ def plan_workspace(sched: Schedule) -> Workspace:
                 scratch = pool.take(tuple(first), dtype, f"scratch for {s.node}")
                 pool.give_back(scratch)
         placed.append(Placed(s.graph, s.node, out, scratch))
-        for u in set(reads[i]):
+        for u in dict.fromkeys(reads[i]):  # in operand order, not hash order: the plan must be deterministic
             if u in where and last[u] == i:
                 index = where.pop(u)
                 if index != out:

@@ -10,7 +10,7 @@ import textwrap
 import graphc as gc
 from gradcheck import check_gradients, random_inputs, random_params
 
-HASH_SEEDS = ("0", "1", "4242", "random")
+HASH_SEEDS = ("0", "1", "2", "3", "4242", "random")
 
 # Many names, fan-out, a value used twice by one op, broadcasting in both directions, constants, a shared
 # sub-expression, two losses summed and two outputs: every place where an unordered walk could leak into the text.
@@ -43,6 +43,24 @@ WIDE = textwrap.dedent("""
     iterations = 5
 """)
 
+# Matmul chains free two buffers at one statement: the buffer plan once handed them back in hash order.
+CHAIN = textwrap.dedent("""
+    [inputs]
+    X = [4, 4]
+    [params]
+    W = { shape = [4, 4] }
+    V = { shape = [4, 4] }
+    [nodes]
+    a = "X @ W"
+    b = "X @ V"
+    c = "a @ b"
+    d = "c @ W"
+    e = "d @ V"
+    loss = "mse(e, X)"
+    [train]
+    loss = "loss"
+""")
+
 
 def compile_in_subprocess(directory, spec, out, hash_seed):
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
@@ -54,8 +72,9 @@ def compile_in_subprocess(directory, spec, out, hash_seed):
 
 def test_same_bytes_across_hash_seeds(root, tmp_path):
     (tmp_path / "wide.toml").write_text(WIDE)
+    (tmp_path / "chain.toml").write_text(CHAIN)
     shutil.copy(root / "examples" / "two_layer.toml", tmp_path)
-    for spec in ("wide.toml", "two_layer.toml"):
+    for spec in ("wide.toml", "chain.toml", "two_layer.toml"):
         outputs = {seed: compile_in_subprocess(tmp_path, spec, "out.py", seed) for seed in HASH_SEEDS}
         assert len(set(outputs.values())) == 1, f"{spec}: output differs across PYTHONHASHSEED {HASH_SEEDS}"
 
