@@ -118,6 +118,8 @@ def run_show(args) -> int:
 def run_check(args) -> int:
     if not all(math.isfinite(x) and x > 0 for x in (args.eps, args.rtol)):
         raise inspect.CommandError("--eps and --rtol must be positive numbers")
+    if not 0 <= args.seed < 2**63:
+        raise inspect.CommandError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
     module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec)
     mod = module.load()
     report = inspect.check_gradients(mod, mod.init_params(args.seed), inspect.check_inputs(module, args.seed),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -36,12 +35,7 @@ class CompiledModule:
     schedule: Schedule
 
     def save(self, path) -> Path:
-        """Write the source to ``path`` atomically: a failure leaves an existing file as it was.
-
-        Never over a spec: ``graphc compile m.toml -o m.toml`` would replace the model with its own module."""
-        if Path(path).suffix.lower() in (".toml", ".json"):
-            raise GraphcError(f"cannot write the module to a {Path(path).suffix} file, the kind a spec is; "
-                              "name it .py", file=str(path))
+        """Write the source to ``path`` atomically: a failure leaves an existing file as it was."""
         return write_atomic(path, self.source)
 
     def load(self):
@@ -55,11 +49,15 @@ class CompiledModule:
         return module
 
 
-def write_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename it over ``path``:
+def write_atomic(path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename it over ``path``:
     readers see the old file or the new one, never a part; on any failure the old file is left as it was and
-    the temporary file is removed. The new file keeps the old one's permissions (0644 for a new file)."""
+    the temporary file is removed. The new file keeps the old one's permissions (0644 for a new file).
+    Never over a spec: ``graphc compile m.toml -o m.toml`` would replace the model with its own module."""
     path = Path(path)
+    if path.suffix.lower() in (".toml", ".json"):
+        raise GraphcError(f"cannot write to a {path.suffix} file, the kind a spec is: choose another name",
+                          file=str(path))
     directory = path.parent
     if not directory.is_dir():
         reason = f"{str(directory)!r} is not a directory" if directory.exists() else \
@@ -73,8 +71,8 @@ def write_atomic(path, text: str) -> Path:
     except OSError as err:
         raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
         os.chmod(tmp, mode)

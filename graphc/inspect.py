@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +23,7 @@ import networkx as nx
 import numpy as np
 
 from .codegen import Renderer, compiler_names
+from .compiler import write_atomic
 from .errors import GraphcError
 from .graph import describe, operands, topo_order
 from .ops import OPS
@@ -436,24 +435,12 @@ def render_image(dot_text: str, fmt: str, path) -> Path:
     exe = shutil.which("dot")
     if exe is None:
         raise CommandError(INSTALL_DOT)
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise GraphcError(f"cannot write {path}: {err.strerror}", file=str(path)) from None
-    os.close(fd)
-    try:
-        done = subprocess.run([exe, f"-T{fmt}", "-o", tmp], input=dot_text, capture_output=True, text=True)
-        if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
-            raise CommandError(f"Graphviz's dot could not render {fmt}: {reason}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    done = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True)
+    if done.returncode != 0:
+        reason = (done.stderr.decode("utf-8", "replace").strip().splitlines() or
+                  [f"exit status {done.returncode}"])[0]
+        raise CommandError(f"Graphviz's dot could not render {fmt}: {reason}")
+    return write_atomic(path, done.stdout)
 
 
 # ---- graphc check: value_and_grad against central finite differences ------------------------------------------

@@ -156,3 +156,10 @@ def test_float32_spec_is_checked_in_float64(root, tmp_path, capsys):
 def test_bad_tolerances_are_one_line_exit_2(args, root, capsys):
     assert main(["check", "examples/chain_rule.toml", *args]) == 2
     assert capsys.readouterr() == ("", "graphc: error: --eps and --rtol must be positive numbers\n")
+
+
+def test_a_negative_seed_is_a_one_line_error(root):
+    result = subprocess.run([sys.executable, "-m", "graphc", "check", "examples/chain_rule.toml", "--seed", "-1"],
+                            capture_output=True, text=True, cwd=root)
+    assert result.returncode == 2
+    assert result.stderr == "graphc: error: --seed must be a whole number from 0 to 2**63 - 1, got -1\n"

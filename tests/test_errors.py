@@ -265,8 +265,8 @@ def test_the_module_never_replaces_the_spec(tmp_path):
     result = subprocess.run([sys.executable, "-m", "graphc", "compile", "spec.toml", "-o", "spec.toml"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr == ("graphc: error: spec.toml: cannot write the module to a .toml file, the kind a spec "
-                             "is; name it .py\n")
+    assert result.stderr == ("graphc: error: spec.toml: cannot write to a .toml file, the kind a spec is: "
+                             "choose another name\n")
     assert (tmp_path / "spec.toml").read_bytes() == spec
 
 

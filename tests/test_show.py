@@ -264,3 +264,15 @@ def test_memory_json(root, capsys):
     ws = compiled("two_layer").schedule.workspace
     assert data["workspace_bytes"] == ws.nbytes == sum(b["bytes"] for b in data["buffers"])
     assert [b["holds"] for b in data["buffers"]] == [b.values for b in ws.buffers]
+
+
+def test_show_never_writes_over_a_spec(root, tmp_path):
+    spec = tmp_path / "m.toml"
+    shutil.copy(root / "examples" / "chain_rule.toml", spec)
+    before = spec.read_bytes()
+    for fmt in ("text", "svg"):
+        result = graphc("show", "m.toml", "--format", fmt, "-o", "m.toml", cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr == "graphc: error: m.toml: cannot write to a .toml file, the kind a spec is: " \
+                                "choose another name\n"
+        assert spec.read_bytes() == before
