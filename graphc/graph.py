@@ -274,13 +274,14 @@ class Graph:
 
     def apply(self, op: str, *args, name: str | None = None, **attrs) -> Tensor:
         """Add ``name = op(*args, **attrs)``; numbers become constants, strings name existing nodes."""
-        handles = [self._operand(a) for a in args]
-        name = self._new_name(name, op)
-        add_node(self.nx, name, op, [h.name for h in handles], attrs=attrs)
+        before = self.nx.number_of_nodes()
         try:
+            handles = [self._operand(a) for a in args]
+            name = self._new_name(name, op)
+            add_node(self.nx, name, op, [h.name for h in handles], attrs=attrs)
             self.nx.nodes[name]["shape"] = infer(self.nx, name)
-        except Exception:
-            self.nx.remove_node(name)
+        except Exception:  # leave the graph as it was: no half-added node, no stray constant
+            self.nx.remove_nodes_from(list(self.nx.nodes)[before:])
             raise
         return Tensor(self, name)
 

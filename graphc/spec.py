@@ -192,6 +192,7 @@ class Expression:
             self.fail(f"cannot parse {clip(text)!r}: {str(err).split(';')[0]}")
         root = tree.body
         if isinstance(root, ast.Name):
+            self.lookup(root.id)  # an undefined name is that error first
             self.fail(f"{text!r} only renames {root.id!r}; use that name directly")
         values = {}  # id(ast node) -> Tensor or number
         stack = [(root, False)]
@@ -272,7 +273,7 @@ class Expression:
         self.fail(f"undefined name {ref!r}")
 
     def apply(self, op: str, args: list, attrs: dict, name) -> Tensor:
-        if all(not isinstance(a, Tensor) for a in args):
+        if args and all(not isinstance(a, Tensor) for a in args):
             self.fail(f"{op} of constants only: write the number")
         operands = [a if isinstance(a, Tensor) else self.g.const(a, name=self.namer(f"{self.target}_const"))
                     for a in args]

@@ -176,3 +176,12 @@ def test_from_networkx_and_operators_with_numbers():
     assert list(g2.nx.nodes) == list(G.nodes)
     mod = gc.compile(g2, loss="loss").load()
     check_gradients(mod, random_params(mod), random_inputs(mod))
+
+
+def test_a_failed_builder_call_leaves_the_graph_as_it_was():
+    g = gc.Graph()
+    X = g.input("X", (2, 3))
+    for bad in (lambda: X @ 2.0, lambda: gc.add(X, 1.0, name="X"), lambda: g.apply("relu")):
+        with pytest.raises(gc.GraphcError):
+            bad()
+    assert list(g.nx.nodes) == ["X"]  # no stray constant, no half-added node
