@@ -156,7 +156,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     params = []
     for p in (v for v in G if G.nodes[v]["op"] == "param"):
         data = G.nodes[p]
-        params.append({**leaf(p), "init": render_init(data, names["np"], dtype)})
+        params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn"})
     return environment().get_template("module.py.j2").render(
         name=name,
         source=docstring_safe(source),

@@ -170,7 +170,7 @@ def test_from_networkx_and_operators_with_numbers():
     g = gc.Graph("scaled")
     x = g.param("x", (3,))
     t = g.input("t", (3,))
-    loss = gc.mse(0.5 * x - 1 + x * x, t, name="loss")
+    gc.mse(0.5 * x - 1 + x * x, t, name="loss")
     G = g.nx
     g2 = gc.from_networkx(G)
     assert list(g2.nx.nodes) == list(G.nodes)

@@ -3,6 +3,7 @@
 After an intended change run `make golden` (pytest tests/test_golden.py --update-golden) and review the diff.
 """
 
+import io
 import shutil
 
 import pytest
@@ -24,3 +25,14 @@ def test_generated_module_matches_golden(example, root, update_golden, tmp_path,
     if update_golden:
         golden.write_text(text)
     assert text == golden.read_text(), f"generated {example}.py differs from tests/golden/ (make golden to update)"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_generated_module_has_no_dead_names(example, root):
+    """pyflakes finds no unused local, import or undefined name in the generated code."""
+    from pyflakes.api import check
+    from pyflakes.reporter import Reporter
+
+    out, err = io.StringIO(), io.StringIO()
+    text = (root / "tests" / "golden" / f"{example}.py").read_text()
+    assert check(text, f"{example}.py", Reporter(out, err)) == 0, out.getvalue() + err.getvalue()
