@@ -103,12 +103,14 @@ class Renderer:
         args, attrs = self.macro_args(key, v)
         return str(getattr(self.ops, OPS[self.graphs[key].nodes[v]["op"]].macro)(*args, **attrs))
 
-    def statement(self, s, out: str | None = None, scratch: str | None = None) -> dict:
+    def statement(self, s, out: str | None = None, scratch: str | None = None, computed_with=None) -> dict:
         """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
         graph = self.graphs[s.graph]
         data = graph.nodes[s.node]
         into = getattr(self.ops, OPS[data["op"]].macro + "_into", None)
-        if into is not None and (out is not None or scratch is not None):
+        if computed_with is not None:
+            code = str(self.ops.computed(s.node, out, self.expr(s.graph, s.node), computed_with))
+        elif into is not None and (out is not None or scratch is not None):
             args, attrs = self.macro_args(s.graph, s.node, into=True)
             code = str(into(s.node, out, scratch, *args, **attrs))
         else:
@@ -144,7 +146,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     trainer = {
         "buffers": [{"name": buffer(i), "shape": b.shape, "dtype": b.dtype, "holds": b.values}
                     for i, b in enumerate(ws.buffers)],
-        "body": [r.statement(p, buffer(p.out), buffer(p.scratch)) for p in ws.body],
+        "body": [r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with) for p in ws.body],
         "updates": [{"param": u.param, "grad": u.grad, "inplace": u.inplace} for u in ws.updates],
     }
 

@@ -89,6 +89,7 @@ class Placed:
     node: str
     out: int | None
     scratch: int | None
+    computed_with: str | None = None  # already in ``out``: that earlier statement computed it on the way
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ class Pool:
 def plan_workspace(sched: Schedule) -> Workspace:
     """Assign every non-scalar value of the training step to a buffer; values whose lifetimes do not overlap
     share one (same shape and dtype), and elementwise ops write over an operand that dies at that statement."""
-    graphs = {"forward": sched.G, "backward": sched.A}
+    G, A = sched.G, sched.A
+    graphs = {"forward": G, "backward": A}
     body = sched.train.body
     grads = {p: value_of(sched.A, g) for p, g in sched.A.graph["grads"].items()}
     reads = []
@@ -159,39 +161,53 @@ def plan_workspace(sched: Schedule) -> Workspace:
         for u in values:
             last[u] = i
 
+    # mse's workspace form computes pred - target on the way to the loss; its gradient needs that difference
+    # again (the adjoint node sub(pred, target) via the mse): keep it, rather than compute it twice.
+    errors = {A.nodes[e]["via"]: e for e in sched.A if A.nodes[e]["op"] == "sub" and A.nodes[e].get("via") in G
+              and G.nodes[A.nodes[e]["via"]]["op"] == "mse" and operands(A, e) == operands(G, A.nodes[e]["via"])}
+    kept = {}  # the error -> the mse statement that computed it
+
     pool, where, placed, intermediates = Pool(), {}, [], 0
     for i, s in enumerate(body):
         graph = graphs[s.graph]
         data = graph.nodes[s.node]
         op = OPS[data["op"]]
         shape, dtype = tuple(data["shape"]), data["dtype"]
-        args = operands(graph, s.node)
-        out = scratch = None
-        if shape != ():
-            intermediates += math.prod(shape) * np.dtype(dtype).itemsize
-            candidates = reads[i]
-            if data["op"] == "accumulate":  # a sum is written term by term: only into its first term's buffer,
-                candidates = [] if reads[i][0] in reads[i][1:] else reads[i][:1]  # and not if it comes again
-            for u in candidates if op.inplace else ():
-                if u in where and last[u] == i and pool.buffers[where[u]].shape == shape \
-                        and pool.buffers[where[u]].dtype == dtype:
-                    out = where[u]
-                    pool.buffers[out].values.append(s.node)
-                    break
-            else:
-                out = pool.take(shape, dtype, s.node)
-            where[s.node] = out
-        first = graph.nodes[args[0]]["shape"] if args else ()
-        if op.scratch and first != ():
-            donor = reads[i][op.scratch_from] if op.scratch_from is not None else None
-            if donor in where and last[donor] == i and where[donor] != out \
-                    and pool.buffers[where[donor]].shape == tuple(first):
-                scratch = where[donor]
-                pool.buffers[scratch].values.append(f"scratch for {s.node}")
-            else:
-                scratch = pool.take(tuple(first), dtype, f"scratch for {s.node}")
-                pool.give_back(scratch)
-        placed.append(Placed(s.graph, s.node, out, scratch))
+        intermediates += math.prod(shape) * np.dtype(dtype).itemsize if shape != () else 0
+        if s.node in kept:  # already in its buffer: the mse computed it
+            out = where[s.node]
+            placed.append(Placed(s.graph, s.node, out, None, computed_with=kept[s.node]))
+        else:
+            out = scratch = None
+            if shape != ():
+                candidates = reads[i] if op.inplace else []
+                if data["op"] == "accumulate":  # a sum is written term by term: only over its first term,
+                    candidates = [] if reads[i][0] in reads[i][1:] else reads[i][:1]  # and not if it comes again
+                for u in candidates:
+                    if u in where and last[u] == i and pool.buffers[where[u]].shape == shape \
+                            and pool.buffers[where[u]].dtype == dtype:
+                        out = where[u]
+                        pool.buffers[out].values.append(s.node)
+                        break
+                else:
+                    out = pool.take(shape, dtype, s.node)
+                where[s.node] = out
+            args = operands(graph, s.node)
+            first = tuple(graph.nodes[args[0]]["shape"]) if args else ()
+            if s.node in errors and first != ():
+                error = errors[s.node]
+                scratch = where[error] = pool.take(first, dtype, error)
+                kept[error] = s.node
+            elif op.scratch and first != ():
+                donor = reads[i][op.scratch_from] if op.scratch_from is not None else None
+                if donor in where and last[donor] == i and where[donor] != out \
+                        and pool.buffers[where[donor]].shape == first:
+                    scratch = where[donor]
+                    pool.buffers[scratch].values.append(f"scratch for {s.node}")
+                else:
+                    scratch = pool.take(first, dtype, f"scratch for {s.node}")
+                    pool.give_back(scratch)
+            placed.append(Placed(s.graph, s.node, out, scratch))
         for u in dict.fromkeys(reads[i]):  # in operand order, not hash order: the plan must be deterministic
             if u in where and last[u] == i:
                 index = where.pop(u)

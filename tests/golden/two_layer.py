@@ -168,9 +168,9 @@ class Trainer:
         self._workspace = (
             # _buf0: h_matmul, h_add, h, scratch for dh_add
             np.empty((32, 200), dtype=np.float64),
-            # _buf1: pred_matmul, pred, pred_err, dpred
+            # _buf1: pred_matmul, pred
             np.empty((32, 10), dtype=np.float64),
-            # _buf2: scratch for loss
+            # _buf2: pred_err, dpred
             np.empty((32, 10), dtype=np.float64),
             # _buf3: db2
             np.empty((10,), dtype=np.float64),
@@ -209,9 +209,9 @@ class Trainer:
         loss = np.vdot(_buf2, _buf2)
         # ---- backward ----
         # via loss = mse(pred, y, reduction='sum') -> (32, 10)
-        pred_err = np.subtract(pred, y, out=_buf1)
+        pred_err = _buf2  # pred - y, already computed for loss
         # d loss / d pred via loss = mse(pred, y, reduction='sum') -> (32, 10)
-        dpred = np.multiply(2.0, pred_err, out=_buf1)
+        dpred = np.multiply(2.0, pred_err, out=_buf2)
         # d loss / d b2 via pred = add(pred_matmul, b2) -> (10,)
         db2 = np.sum(dpred, axis=0, out=_buf3)
         # d loss / d h via pred_matmul = matmul(h, W2) -> (32, 200)
