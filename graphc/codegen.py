@@ -40,14 +40,15 @@ def environment() -> jinja2.Environment:
     )
 
 
+def compiler_name(name: str, taken) -> str:
+    """``name``, or ``_name``, ``__name``, ...: the first that no user or adjoint name takes."""
+    while name in taken:
+        name = "_" + name
+    return name
+
+
 def compiler_names(taken) -> dict[str, str]:
-    names = {}
-    for name in COMPILER_NAMES:
-        chosen = name
-        while chosen in taken:
-            chosen = "_" + chosen
-        names[name] = chosen
-    return names
+    return {name: compiler_name(name, taken) for name in COMPILER_NAMES}
 
 
 def docstring_safe(text: str) -> str:

@@ -22,12 +22,11 @@ from typing import Callable
 import networkx as nx
 import numpy as np
 
-from .codegen import Renderer, compiler_names
+from .codegen import Renderer, compiler_name, compiler_names
 from .compiler import write_atomic
 from .errors import GraphcError
 from .graph import describe, operands, topo_order
-from .ops import OPS
-from .schedule import is_statement
+from .schedule import is_statement, value_of
 
 
 class CommandError(GraphcError):
@@ -75,14 +74,8 @@ class Lines:
 
     def reads(self, key: str, v) -> list:
         """The variables node ``v`` reads: its operands, looking through inline views (``h.T``) and constants."""
-        graph, out = self.graphs[key], []
-        for u in operands(graph, v):
-            op = graph.nodes[u]["op"]
-            if op == "const":
-                continue
-            more = self.reads(key, u) if op in OPS and OPS[op].inline else [u]
-            out += [w for w in more if w not in out]
-        return out
+        graph = self.graphs[key]
+        return [u for u in dict.fromkeys(value_of(graph, w) for w in operands(graph, v)) if u is not None]
 
     def line(self, key: str, v) -> Line:
         data = self.graphs[key].nodes[v]
@@ -119,9 +112,7 @@ class Lines:
         for p, g in self.A.graph["grads"].items():
             if p in has_line:
                 continue
-            name = f"d{p}"
-            while name in taken:
-                name = "_" + name
+            name = compiler_name(f"d{p}", taken)
             taken.add(name)
             what = "the forward value" if self.A.nodes[g]["op"] == "forward" else "the gradient"
             lines.append(Line("backward", name, tuple(self.G.nodes[p]["shape"]), g, [g],
