@@ -218,6 +218,8 @@ def check_loss(G: nx.DiGraph, loss) -> None:
         raise GraphError("no loss given: name the scalar node to minimise")
     if loss not in G:
         raise GraphError(f"the loss {loss!r} is not a node of the graph", node=loss)
+    if G.nodes[loss]["op"] == "const":
+        raise GraphError(f"the loss {loss!r} is a constant: no param can change it", node=loss)
     if G.nodes[loss]["shape"] != ():
         raise GraphError(f"the loss must be a scalar, but {loss!r} has shape {G.nodes[loss]['shape']}", node=loss)
     upstream = nx.ancestors(G, loss)

@@ -13,7 +13,7 @@ from pathlib import Path
 import networkx as nx
 
 from . import __version__
-from .autodiff import adjoint
+from .autodiff import adjoint, check_loss
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .graph import Graph, Tensor, check_dtype, check_fits, check_number, from_networkx
@@ -123,13 +123,8 @@ def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS,
     only go into the module's docstring (the spec file, and the command that regenerates it).
     """
     G = forward_graph(g, dtype)
-    if loss is None:
-        raise GraphError("no loss given: name the scalar node to minimise")
-    loss = node_name(loss, "the loss", g)
-    if loss not in G:
-        raise GraphError(f"the loss {loss!r} is not a node of the graph", node=loss)
-    if G.nodes[loss]["op"] == "const":
-        raise GraphError(f"the loss {loss!r} is a constant: no param can change it", node=loss)
+    loss = None if loss is None else node_name(loss, "the loss", g)
+    check_loss(G, loss)
     if outputs is None:
         outputs = [loss]
     elif isinstance(outputs, (Tensor, str)):
