@@ -10,6 +10,7 @@ Graph attributes: ``loss`` (the forward loss node) and ``grads`` (param name -> 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import networkx as nx
@@ -98,6 +99,20 @@ class AdjointBuilder:
         if data["op"] == "neg":
             return operands(self.A, a)[0]
         return self.node("neg", a)
+
+    def div(self, a, b, hint=None):
+        ca, cb = self.const_value(a), self.const_value(b)
+        if ca is not None and cb is not None:
+            return self.const(ca / cb)
+        if cb == 1.0:
+            return a
+        return self.node("div", a, b, hint=hint)
+
+    def size(self, dims):
+        """The number of elements of a shape: a constant, or a ``size`` node when it has named dimensions."""
+        if all(isinstance(d, int) for d in dims):
+            return self.const(math.prod(dims))
+        return self.node("size", dims=tuple(dims), hint="size")
 
     def sub(self, a, b, hint=None):
         return self.node("sub", a, b, hint=hint)

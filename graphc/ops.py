@@ -47,7 +47,18 @@ def op(name, arity, shape, vjp=None, **kw) -> None:
 
 
 def fmt(shape) -> str:
-    return str(tuple(shape))
+    """``(N, 64)``: named dimensions without quotes."""
+    dims = [str(d) for d in shape]
+    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def fmt_dim(d) -> str:
+    return repr(d) if isinstance(d, str) else str(d)
+
+
+def same_dim(a, b) -> bool:
+    """Two dimensions are provably equal: the same int or the same name."""
+    return a == b and isinstance(a, str) == isinstance(b, str)
 
 
 def check_attrs(op: Op, attrs: dict, node=None) -> dict:
@@ -68,18 +79,27 @@ def check_attrs(op: Op, attrs: dict, node=None) -> dict:
 # ---- shape rules -----------------------------------------------------------------------------------------
 
 def broadcast_shape(shapes, attrs):
-    try:
-        return tuple(int(d) for d in np.broadcast_shapes(*shapes))
-    except ValueError:
-        raise ShapeError(f"shapes {' and '.join(fmt(s) for s in shapes)} do not broadcast") from None
+    """NumPy broadcasting, with named dimensions: a name matches itself and 1, never another int or name."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for axis in range(-rank, 0):
+        dims = list(dict.fromkeys(s[axis] for s in shapes if len(s) >= -axis and s[axis] != 1))
+        if len(dims) > 1:
+            why = "" if all(isinstance(d, int) for d in dims) else \
+                f" (dimension {fmt_dim(dims[0])} and {fmt_dim(dims[1])} cannot be proven equal)"
+            raise ShapeError(f"shapes {' and '.join(fmt(s) for s in shapes)} do not broadcast{why}")
+        out.append(dims[0] if dims else 1)
+    return tuple(out)
 
 
 def matmul_shape(shapes, attrs):
     a, b = shapes
     if len(a) != 2 or len(b) != 2:
         raise ShapeError(f"matmul needs 2-D operands, got {fmt(a)} and {fmt(b)}")
-    if a[1] != b[0]:
-        raise ShapeError(f"shapes {fmt(a)} and {fmt(b)} do not align ({a[1]} != {b[0]})")
+    if not same_dim(a[1], b[0]):
+        why = f"{a[1]} != {b[0]}" if isinstance(a[1], int) and isinstance(b[0], int) else \
+            f"dimension {fmt_dim(a[1])} and {fmt_dim(b[0])} cannot be proven equal"
+        raise ShapeError(f"shapes {fmt(a)} and {fmt(b)} do not align ({why})")
     return (a[0], b[1])
 
 
@@ -101,6 +121,10 @@ def attr_shape(shapes, attrs):
     return attrs["shape"]
 
 
+def scalar_shape(shapes, attrs):
+    return ()
+
+
 # ---- gradient rules --------------------------------------------------------------------------------------
 
 def add_vjp(b, v, xs, g):
@@ -117,6 +141,12 @@ def mul_vjp(b, v, xs, g):
     return [b.unbroadcast(b.mul(g, b.fwd(y)), x), b.unbroadcast(b.mul(g, b.fwd(x)), y)]
 
 
+def div_vjp(b, v, xs, g):
+    x, y = xs
+    q = b.div(g, b.fwd(y))  # d(x / y) = dx / y - (x / y) * dy / y
+    return [b.unbroadcast(q, x), b.unbroadcast(b.neg(b.mul(q, b.fwd(v))), y)]
+
+
 def matmul_vjp(b, v, xs, g):
     x, y = xs
     return [b.matmul(g, b.T(b.fwd(y))), b.matmul(b.T(b.fwd(x)), g)]
@@ -128,9 +158,11 @@ def relu_vjp(b, v, xs, g):
 
 def mse_vjp(b, v, xs, g):
     pred, target = xs
-    n = math.prod(b.shape(pred)) if b.attrs(v)["reduction"] == "mean" else 1
+    two = b.const(2.0)
+    if b.attrs(v)["reduction"] == "mean":
+        two = b.div(two, b.size(b.shape(pred)))  # the run-time number of elements
     err = b.sub(b.fwd(pred), b.fwd(target), hint=f"{pred}_err")
-    dpred = b.mul(g, b.mul(b.const(2.0 / n), err))
+    dpred = b.mul(g, b.mul(two, err))
     return [dpred, b.neg(dpred)]
 
 
@@ -140,6 +172,7 @@ op("matmul", 2, matmul_shape, matmul_vjp)
 op("add", 2, broadcast_shape, add_vjp, inplace=True)
 op("sub", 2, broadcast_shape, sub_vjp, inplace=True)
 op("mul", 2, broadcast_shape, mul_vjp, inplace=True)
+op("div", 2, broadcast_shape, div_vjp, inplace=True)
 op("relu", 1, same_shape, relu_vjp, inplace=True)
 op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": ("mean", "sum")}, defaults={"reduction": "mean"},
    scratch=True)  # the error pred - target, squared and summed without a temporary
@@ -155,4 +188,5 @@ internal("relu_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # unbroadcast g back to ``shape``
 internal("accumulate", None, same_shape, inplace=True)  # fan-out: the sum of every consumer's contribution
 internal("copy", 1, same_shape)  # a gradient that would alias a param or input gets its own array
+internal("size", 0, scalar_shape, attrs={"dims": tuple}, inline=True)  # the product of dims: ``(N * 10)``
 internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple})  # a constant gradient, as an array

@@ -115,7 +115,7 @@ def value_of(graph: nx.DiGraph, v):
     """The variable an operand reads: inline views read their operand; constants read nothing."""
     while True:
         op = graph.nodes[v]["op"]
-        if op == "const":
+        if op in ("const", "size"):
             return None
         if op in LEAVES or op == "forward" or not OPS[op].inline:
             return v

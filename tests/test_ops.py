@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import ops
+from graphc.autodiff import adjoint
+from graphc.codegen import environment
 from gradcheck import check_gradients, random_params
 
 REFERENCE = {
@@ -96,3 +99,68 @@ def test_mse_mean_is_the_default():
     g = gc.Graph()
     p, t = g.param("p", (4,)), g.input("t", (4,))
     assert g.nx.nodes[gc.mse(p, t).name]["attrs"] == {"reduction": "mean"}
+
+
+# ---- named dimensions in shape rules ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "shapes, expected",
+    [
+        ([("N", 4), ("N", 4)], ("N", 4)),  # a name equals itself
+        ([("N", 4), (4,)], ("N", 4)),
+        ([("N", 1), (1, 3)], ("N", 3)),  # a name against 1 gives the name
+        ([(1, 3), ("N", 1)], ("N", 3)),
+        ([(), ("N", "M")], ("N", "M")),
+    ],
+)
+def test_broadcast_with_named_dims(shapes, expected):
+    assert ops.broadcast_shape(shapes, {}) == expected
+
+
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        ([("N", 4), (32, 4)], "shapes (N, 4) and (32, 4) do not broadcast (dimension 'N' and 32 cannot be proven equal)"),
+        ([(8,), ("N",)], "shapes (8,) and (N,) do not broadcast (dimension 8 and 'N' cannot be proven equal)"),
+        ([("N",), ("M",)], "shapes (N,) and (M,) do not broadcast (dimension 'N' and 'M' cannot be proven equal)"),
+    ],
+)
+def test_broadcast_name_against_another_dim_is_an_error(shapes, message):
+    with pytest.raises(gc.ShapeError) as err:
+        ops.broadcast_shape(shapes, {})
+    assert str(err.value) == message
+
+
+def test_matmul_inner_dims_must_be_the_same_int_or_name():
+    assert ops.matmul_shape([("N", "K"), ("K", 3)], {}) == ("N", 3)
+    assert ops.matmul_shape([("N", 5), (5, "M")], {}) == ("N", "M")
+    with pytest.raises(gc.ShapeError, match=r"shapes \(N, K\) and \(5, 3\) do not align "
+                                            r"\(dimension 'K' and 5 cannot be proven equal\)"):
+        ops.matmul_shape([("N", "K"), (5, 3)], {})
+    with pytest.raises(gc.ShapeError, match=r"\(dimension 'N' and 'M' cannot be proven equal\)"):
+        ops.matmul_shape([(3, "N"), ("M", 3)], {})
+
+
+def test_fmt_prints_names_bare():
+    assert ops.fmt(("N", 64)) == "(N, 64)"
+    assert ops.fmt(("N",)) == "(N,)"
+    assert ops.fmt(()) == "()"
+
+
+def test_unbroadcast_and_size_with_named_dims():
+    g = gc.Graph()
+    x = g.input("x", ("N", 3))
+    b = g.param("b", (3,))
+    gc.mse(x + b, g.input("t", ("N", 3)), name="loss")
+    A = adjoint(g.nx, "loss")
+    db = A.graph["grads"]["b"]
+    assert A.nodes[db]["op"] == "sum_to" and A.nodes[db]["attrs"]["axis"] == (0,)  # known at compile time
+    sizes = [v for v in A if A.nodes[v]["op"] == "size"]
+    assert [A.nodes[v]["attrs"]["dims"] for v in sizes] == [("N", 3)]  # mse's mean divides by N * 3
+
+
+def test_size_macro_renders_names_bare_and_folds_ints():
+    macros = environment().get_template("ops.j2").make_module({"np": "np"})
+    assert str(macros.size(("N",))) == "N"
+    assert str(macros.size(("N", 10))) == "(N * 10)"
+    assert str(macros.size((2, "N", "M", 5))) == "(N * M * 10)"
