@@ -3,11 +3,25 @@
 __version__ = "0.1.0"
 
 from .errors import GraphcError, GraphError, ShapeError, SpecError  # noqa: E402
-from .graph import Graph, Tensor, add, from_networkx, matmul, mse, mul, relu, sub  # noqa: E402
+from .graph import (  # noqa: E402
+    Graph, Tensor, add, binary_cross_entropy_with_logits, cross_entropy, div, exp, from_networkx, leaky_relu, log,
+    log_softmax, matmul, mean, mse, mul, neg, relu, sigmoid, softmax, sub, sum, tanh, transpose,
+)
 from .compiler import CompiledModule, compile  # noqa: E402
 from .spec import load_spec  # noqa: E402
 
+
+def from_onnx(model, dims=None):
+    """``(Graph, {param: initial array})`` from an ONNX model (a path, its bytes or an ``onnx.ModelProto``).
+
+    Needs the ``onnx`` extra (``pip install 'graphc[onnx]'``); ``import graphc`` itself never imports onnx.
+    """
+    from .onnx_io import from_onnx as _from_onnx
+
+    return _from_onnx(model, dims=dims)
+
+
 __all__ = [
     "CompiledModule", "Graph", "GraphError", "GraphcError", "ShapeError", "SpecError", "Tensor",
-    "add", "compile", "from_networkx", "load_spec", "matmul", "mse", "mul", "relu", "sub",
+    "add", "compile", "from_networkx", "from_onnx", "load_spec", "matmul", "mse", "mul", "relu", "sub",
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__, inspect
 from .compiler import compile, write_atomic
 from .errors import GraphcError
+from .onnx_io import add_commands as onnx_commands
 from .graph import DTYPES
 from .spec import load_spec
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--rtol", type=float, default=inspect.DEFAULT_RTOL,
                    help=f"tolerance, relative to the largest gradient element (default: {inspect.DEFAULT_RTOL:g})")
     k.set_defaults(run=run_check)
+    onnx_commands(commands)  # graphc import, graphc export (onnx_io.py)
     return parser
 
 
