@@ -65,6 +65,8 @@ class AdjointBuilder:
         data = self.G.nodes[x]
         if data["op"] == "const":
             return self.const(data["attrs"]["value"])
+        if data["op"] in OPS and OPS[data["op"]].inline:  # a view, never a variable: the backward makes its own
+            return self.node(data["op"], *map(self.fwd, operands(self.G, x)), hint=x, **data["attrs"])
         if x not in self.A:
             self.A.add_node(x, op="forward", shape=data["shape"], dtype=data["dtype"], attrs={})
         return x
@@ -122,6 +124,14 @@ class AdjointBuilder:
 
     def T(self, a):
         return self.node("transpose", a, hint=f"{a}_T")
+
+    def expand(self, g, shape, axis, keepdims):
+        """A reduction's gradient: ``g`` (reduced over ``axis``) broadcast back to ``shape``, as an array."""
+        c = self.const_value(g)
+        if c is not None:
+            return self.node("fill", value=c, shape=tuple(shape))
+        insert = () if keepdims or self.shape(g) == () else tuple(axis)
+        return self.node("broadcast_to", g, axis=insert, shape=tuple(shape))
 
     def unbroadcast(self, g, x):
         """Sum ``g`` back to the shape of operand ``x`` over the axes that broadcasting added (known now)."""
@@ -221,7 +231,8 @@ def materialize(b: AdjointBuilder, p, g):
                      attrs={"value": data["attrs"]["value"], "shape": b.shape(p)})
         return name
     shared = g in b.A.graph["grads"].values()  # already another param's gradient: one array each
-    if shared or data["op"] == "forward" and b.G.nodes[g]["op"] in ("param", "input"):
+    view = data["op"] in OPS and OPS[data["op"]].inline  # a transpose of another array
+    if shared or view or data["op"] == "forward" and b.G.nodes[g]["op"] in ("param", "input"):
         name = b.fresh(f"d{p}")
         add_node(b.A, name, "copy", [g], shape=b.shape(p), dtype=b.dtype, attrs={}, via=p, wrt=p)
         return name

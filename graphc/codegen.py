@@ -97,6 +97,8 @@ class Renderer:
             attrs["dtype"] = data["dtype"]
         elif data["op"] == "mse" and into:
             attrs["size"] = math.prod(first)
+        if OPS[data["op"]].template_attrs is not None:  # what the op's macros need from its operands' shapes
+            attrs.update(OPS[data["op"]].template_attrs([graph.nodes[a]["shape"] for a in args], data["attrs"]))
         return [self.text[key, a] for a in args], attrs
 
     def expr(self, key: str, v) -> str:
@@ -142,6 +144,8 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     ws = sched.workspace
 
     def buffer(index):
+        if isinstance(index, tuple):  # several temporaries (ops.Op.scratches): a list of names
+            return [buffer(i) for i in index]
         return None if index is None else f"_buf{index}"
 
     trainer = {

@@ -146,12 +146,18 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     if len(args) != op.arity:
         raise GraphError(f"{op.name} takes {op.arity} operand{'s' * (op.arity != 1)}, got {len(args)}", node=v)
     data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
-    dtypes = {G.nodes[a]["dtype"] for a in args}
+    ints = [i for i, a in enumerate(args) if G.nodes[a]["dtype"] not in DTYPES]
+    for i in ints:
+        if i not in op.int_operands:
+            raise GraphError(f"{args[i]} is an integer input (class indices): only the target of cross_entropy "
+                             "may be integer", node=v)
+    dtypes = {G.nodes[a]["dtype"] for i, a in enumerate(args) if i not in ints}
     if len(dtypes) > 1:
         raise GraphError(f"operands mix dtypes {sorted(dtypes)}", node=v)
     data.setdefault("dtype", dtypes.pop())
     try:
-        return op.shape([G.nodes[a]["shape"] for a in args], data["attrs"])
+        shapes = [G.nodes[a]["shape"] for a in args]
+        return op.shape(shapes, data["attrs"], ints) if op.int_operands else op.shape(shapes, data["attrs"])
     except ShapeError as err:
         err.message = f"{describe(G, v)}: {err.message}"
         raise err.located(node=v)
@@ -197,6 +203,15 @@ class Tensor:
 
     def __rmul__(self, other):
         return apply("mul", other, self)
+
+    def __truediv__(self, other):
+        return apply("div", self, other)
+
+    def __rtruediv__(self, other):
+        return apply("div", other, self)
+
+    def __neg__(self):
+        return apply("neg", self)
 
     def __matmul__(self, other):
         return apply("matmul", self, other)
@@ -333,6 +348,63 @@ def relu(x, name=None) -> Tensor:
 
 def mse(pred, target, reduction="mean", name=None) -> Tensor:
     return apply("mse", pred, target, name=name, reduction=reduction)
+
+
+def div(a, b, name=None) -> Tensor:
+    return apply("div", a, b, name=name)
+
+
+def neg(x, name=None) -> Tensor:
+    return apply("neg", x, name=name)
+
+
+def exp(x, name=None) -> Tensor:
+    return apply("exp", x, name=name)
+
+
+def log(x, name=None) -> Tensor:
+    return apply("log", x, name=name)
+
+
+def tanh(x, name=None) -> Tensor:
+    return apply("tanh", x, name=name)
+
+
+def sigmoid(x, name=None) -> Tensor:
+    return apply("sigmoid", x, name=name)
+
+
+def leaky_relu(x, negative_slope=0.01, name=None) -> Tensor:
+    return apply("leaky_relu", x, name=name, negative_slope=negative_slope)
+
+
+def softmax(x, axis=-1, name=None) -> Tensor:
+    return apply("softmax", x, name=name, axis=axis)
+
+
+def log_softmax(x, axis=-1, name=None) -> Tensor:
+    return apply("log_softmax", x, name=name, axis=axis)
+
+
+def sum(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (graphc.sum, like np.sum)
+    return apply("sum", x, name=name, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False, name=None) -> Tensor:
+    return apply("mean", x, name=name, axis=axis, keepdims=keepdims)
+
+
+def transpose(x, name=None) -> Tensor:
+    return apply("transpose", x, name=name)
+
+
+def cross_entropy(logits, target, reduction="mean", name=None) -> Tensor:
+    """= torch.nn.functional.cross_entropy: target int64 class indices (N,) or probabilities (N, C)."""
+    return apply("cross_entropy", logits, target, name=name, reduction=reduction)
+
+
+def binary_cross_entropy_with_logits(logits, target, reduction="mean", name=None) -> Tensor:
+    return apply("binary_cross_entropy_with_logits", logits, target, name=name, reduction=reduction)
 
 
 def from_networkx(G: nx.DiGraph, name: str | None = None, dtype: str | None = None) -> Graph:

@@ -10,10 +10,9 @@ A template is the macro of the same name in templates/ops.j2, unless ``template`
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
-
-import numpy as np
 
 from .errors import GraphError, ShapeError
 
@@ -30,9 +29,12 @@ class Op:
     inline: bool = False  # rendered inside its consumers' expressions, never as a statement of its own
     template: str = ""
     # Trainer's workspace form (the macro ``<template>_into`` in ops.j2, if there is one):
-    inplace: bool = False  # elementwise: may write into the buffer of an operand that dies here
+    inplace: bool | tuple = False  # elementwise: may write into the buffer of an operand (or of those positions)
     scratch: bool = False  # it needs a temporary shaped like its first operand...
     scratch_from: int | None = None  # ...which may be the buffer of this operand, if it dies there
+    scratches: Callable | None = None  # or several temporaries: (shapes, attrs) -> [(shape, dtype or None)]
+    int_operands: tuple = ()  # positions where an integer input (class indices) is allowed
+    template_attrs: Callable | None = None  # (operand shapes, attrs) -> extra attrs for the macros
 
     @property
     def macro(self) -> str:
@@ -61,6 +63,28 @@ def same_dim(a, b) -> bool:
     return a == b and isinstance(a, str) == isinstance(b, str)
 
 
+@dataclass(frozen=True)
+class Check:
+    """An attribute validator: ``test(value)`` says whether ``value`` is allowed; ``what`` says what is."""
+
+    test: Callable
+    what: str
+    convert: Callable = lambda value: value
+
+
+def is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+AXIS = Check(lambda v: v is None or is_int(v) or isinstance(v, tuple) and all(is_int(a) for a in v),
+             "an int, a tuple of ints or None", lambda v: v if v is None or isinstance(v, tuple) else int(v))
+ONE_AXIS = Check(is_int, "an int", int)
+BOOL = Check(lambda v: isinstance(v, bool), "True or False")
+NUMBER = Check(lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
+               "a finite number", float)
+REDUCTION = ("mean", "sum")
+
+
 def check_attrs(op: Op, attrs: dict, node=None) -> dict:
     """Validate ``attrs`` against the op's allowed values and fill in defaults."""
     if not isinstance(attrs, dict):
@@ -73,6 +97,10 @@ def check_attrs(op: Op, attrs: dict, node=None) -> dict:
         if isinstance(allowed, tuple) and (not isinstance(value, str) or value not in allowed):
             choices = ", ".join(repr(a) for a in allowed)
             raise GraphError(f"{op.name} attribute {key}={value!r} is not one of {choices}", node=node)
+        if isinstance(allowed, Check):
+            if not allowed.test(value):
+                raise GraphError(f"{op.name} attribute {key}={value!r} must be {allowed.what}", node=node)
+            attrs = {**attrs, key: allowed.convert(value)}
     return {**op.defaults, **attrs}
 
 
@@ -108,12 +136,81 @@ def same_shape(shapes, attrs):
 
 
 def transpose_shape(shapes, attrs):
+    if len(shapes[0]) != 2:
+        raise ShapeError(f"transpose needs a 2-D operand, got {fmt(shapes[0])}")
     return tuple(reversed(shapes[0]))
+
+
+def axes(axis, shape) -> tuple:
+    """``axis`` (None, an int or a tuple, negative allowed) as sorted non-negative axes of ``shape``."""
+    rank = len(shape)
+    given = tuple(range(rank)) if axis is None else axis if isinstance(axis, tuple) else (axis,)
+    for a in given:
+        if not -rank <= a < rank:
+            raise ShapeError(f"axis {a} is out of range for shape {fmt(shape)} ({rank}-D)")
+    out = sorted(a % rank for a in given)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"axis {axis} names an axis twice")
+    return tuple(out)
+
+
+def reduce_shape(shapes, attrs):
+    (shape,), drop = shapes, axes(attrs["axis"], shapes[0])
+    if attrs["keepdims"]:
+        return tuple(1 if i in drop else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in drop)
+
+
+def along_axis_shape(shapes, attrs):  # softmax, log_softmax
+    axes(attrs["axis"], shapes[0])
+    return shapes[0]
+
+
+def cross_entropy_shape(shapes, attrs, ints=()):
+    logits, target = shapes
+    if len(logits) != 2:
+        raise ShapeError(f"cross_entropy needs logits of shape (N, C), got {fmt(logits)}")
+    if 1 in ints:  # class indices
+        if len(target) != 1 or not same_dim(target[0], logits[0]):
+            raise ShapeError(f"class indices {fmt(target)} must have shape ({logits[0]},) for logits {fmt(logits)}")
+    elif target != logits:
+        raise ShapeError(f"target probabilities {fmt(target)} must have the shape of the logits {fmt(logits)} "
+                         "(class indices are an int64 input)")
+    return ()
+
+
+# ---- workspace temporaries (Op.scratches): [(shape, dtype or None: the op's)] -----------------------------
+
+def reduced_row(shapes, attrs):  # the max or the sum along the axis, kept as a size-1 axis
+    axis = axes(attrs["axis"], shapes[-1])[0]
+    return tuple(1 if i == axis else d for i, d in enumerate(shapes[-1]))
+
+
+def softmax_scratch(shapes, attrs):
+    return [(reduced_row(shapes, attrs), None)]
+
+
+def log_softmax_scratch(shapes, attrs):  # the max, then the log of the sum
+    return [(reduced_row(shapes, attrs), None)] * 2
+
+
+def cross_entropy_scratch(shapes, attrs, grad=False):
+    logits, target = shapes[-2:]
+    n = logits[:1]
+    full = [] if grad else [(logits, None)]  # exp of the shifted logits (the gradient has its output for that)
+    index = [(n, "int64")] if len(target) == 1 else []  # flat index of each row's target
+    return full + [(n, None), (n, None)] + index
 
 
 def loss_shape(shapes, attrs):
     if shapes[0] != shapes[1]:
         raise ShapeError(f"prediction {fmt(shapes[0])} and target {fmt(shapes[1])} differ")
+    return ()
+
+
+def bce_shape(shapes, attrs):
+    if shapes[0] != shapes[1]:
+        raise ShapeError(f"logits {fmt(shapes[0])} and target {fmt(shapes[1])} differ")
     return ()
 
 
@@ -166,6 +263,77 @@ def mse_vjp(b, v, xs, g):
     return [dpred, b.neg(dpred)]
 
 
+def neg_vjp(b, v, xs, g):
+    return [b.neg(g)]
+
+
+def exp_vjp(b, v, xs, g):
+    return [b.mul(g, b.fwd(v))]
+
+
+def log_vjp(b, v, xs, g):
+    return [b.div(g, b.fwd(xs[0]))]
+
+
+def tanh_vjp(b, v, xs, g):
+    return [b.node("tanh_grad", g, b.fwd(v))]  # g * (1 - y**2)
+
+
+def sigmoid_vjp(b, v, xs, g):
+    return [b.node("sigmoid_grad", g, b.fwd(v))]  # g * y * (1 - y)
+
+
+def leaky_relu_vjp(b, v, xs, g):
+    return [b.node("leaky_relu_grad", g, b.fwd(xs[0]), negative_slope=b.attrs(v)["negative_slope"])]
+
+
+def softmax_vjp(b, v, xs, g):
+    return [b.node("softmax_grad", g, b.fwd(v), axis=b.attrs(v)["axis"])]  # y * (g - sum(g * y))
+
+
+def log_softmax_vjp(b, v, xs, g):
+    return [b.node("log_softmax_grad", g, b.fwd(v), axis=b.attrs(v)["axis"])]  # g - exp(y) * sum(g)
+
+
+def sum_vjp(b, v, xs, g):
+    attrs = b.attrs(v)
+    return [b.expand(g, b.shape(xs[0]), axes(attrs["axis"], b.shape(xs[0])), attrs["keepdims"])]
+
+
+def mean_vjp(b, v, xs, g):
+    attrs, shape = b.attrs(v), b.shape(xs[0])
+    drop = axes(attrs["axis"], shape)
+    g = b.div(g, b.size([shape[i] for i in drop]))  # the run-time size of the reduced axes
+    return [b.expand(g, shape, drop, attrs["keepdims"])]
+
+
+def transpose_vjp(b, v, xs, g):
+    return [b.T(g)]
+
+
+def scaled(b, v, g, dims):
+    """d loss / d (each term of the loss): ``g``, or ``g / size(dims)`` for reduction='mean' (run-time size)."""
+    return b.div(g, b.size(dims)) if b.attrs(v)["reduction"] == "mean" else g
+
+
+def cross_entropy_vjp(b, v, xs, g):
+    logits, target = xs
+    indices = len(b.shape(target)) == 1
+    scale = scaled(b, v, g, b.shape(logits)[:1])  # 'mean' divides by N, the batch size
+    dlogits = b.node("cross_entropy_grad", scale, b.fwd(logits), b.fwd(target), indices=indices)
+    if indices:
+        return [dlogits, None]
+    # d / d target = -log_softmax(logits) * scale
+    return [dlogits, b.mul(b.neg(scale), b.node("log_softmax", b.fwd(logits), axis=1))]
+
+
+def bce_vjp(b, v, xs, g):
+    x, t = xs
+    scale = scaled(b, v, g, b.shape(x))
+    # d / dx = (sigmoid(x) - t) * scale; d / dt = -x * scale
+    return [b.node("bce_grad", scale, b.fwd(x), b.fwd(t)), b.mul(b.neg(scale), b.fwd(x))]
+
+
 # ---- the table -------------------------------------------------------------------------------------------
 # Public ops: what specs and the builder may use.
 op("matmul", 2, matmul_shape, matmul_vjp)
@@ -173,18 +341,46 @@ op("add", 2, broadcast_shape, add_vjp, inplace=True)
 op("sub", 2, broadcast_shape, sub_vjp, inplace=True)
 op("mul", 2, broadcast_shape, mul_vjp, inplace=True)
 op("div", 2, broadcast_shape, div_vjp, inplace=True)
+op("neg", 1, same_shape, neg_vjp, inplace=True)
 op("relu", 1, same_shape, relu_vjp, inplace=True)
-op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": ("mean", "sum")}, defaults={"reduction": "mean"},
+op("exp", 1, same_shape, exp_vjp, inplace=True)
+op("log", 1, same_shape, log_vjp, inplace=True)
+op("tanh", 1, same_shape, tanh_vjp, inplace=True)
+op("sigmoid", 1, same_shape, sigmoid_vjp, inplace=True)  # exp(-logaddexp(0, -x)): no overflow at -1000
+op("leaky_relu", 1, same_shape, leaky_relu_vjp, attrs={"negative_slope": NUMBER},
+   defaults={"negative_slope": 0.01}, inplace=True, scratch=True)
+op("softmax", 1, along_axis_shape, softmax_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1},
+   inplace=True, scratches=softmax_scratch)  # max subtracted; the row max and sum in a small temporary
+op("log_softmax", 1, along_axis_shape, log_softmax_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1},
+   scratches=log_softmax_scratch)
+op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+op("transpose", 1, transpose_shape, transpose_vjp, inline=True)  # a view, folded into its consumer: ``W2.T``
+op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"reduction": "mean"},
    scratch=True)  # the error pred - target, squared and summed without a temporary
+op("cross_entropy", 2, cross_entropy_shape, cross_entropy_vjp, attrs={"reduction": REDUCTION},
+   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch,
+   template_attrs=lambda shapes, attrs: {"indices": len(shapes[1]) == 1})  # target: class indices or probabilities
+op("binary_cross_entropy_with_logits", 2, bce_shape, bce_vjp, attrs={"reduction": REDUCTION},
+   defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2)
 
 # Adjoint-only ops: what gradient rules build.
 def internal(name, arity, shape, **kw) -> None:
     op(name, arity, shape, public=False, **kw)
 
 
-internal("neg", 1, same_shape, inplace=True)
-internal("transpose", 1, transpose_shape, inline=True)  # a view, folded into its consumer: ``dpred @ W2.T``
 internal("relu_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)  # g where y > 0, else 0
+internal("tanh_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)  # g * (1 - y**2)
+internal("sigmoid_grad", 2, same_shape, inplace=True, scratch=True)  # g * y * (1 - y): y is read twice
+internal("leaky_relu_grad", 2, same_shape, attrs={"negative_slope": float}, inplace=True, scratch=True,
+         scratch_from=1)  # g where x > 0, else slope * g
+internal("softmax_grad", 2, same_shape, attrs={"axis": int}, scratches=softmax_scratch)  # y * (g - sum(g * y))
+internal("log_softmax_grad", 2, same_shape, attrs={"axis": int}, inplace=(1,),
+         scratches=softmax_scratch)  # g - exp(y) * sum(g): may write over y, not over g
+internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indices": bool}, inplace=(1,),
+         scratches=lambda shapes, attrs: cross_entropy_scratch(shapes, attrs, grad=True))  # (softmax - target) * scale
+internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
+internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # a reduction's gradient
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # unbroadcast g back to ``shape``
 internal("accumulate", None, same_shape, inplace=True)  # fan-out: the sum of every consumer's contribution
 internal("copy", 1, same_shape)  # a gradient that would alias a param or input gets its own array

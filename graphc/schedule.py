@@ -52,7 +52,9 @@ def forward_function(G: nx.DiGraph, order: list, roots: list) -> Function:
     return Function(
         inputs=[v for v in G if v in needed and G.nodes[v]["op"] == "input"],
         params=[v for v in G if v in needed and G.nodes[v]["op"] == "param"],
-        body=[Statement("forward", v) for v in order if v in needed and is_statement(G, v)],
+        # an inline view that is itself an output (``transpose(W)``) needs a variable of its own
+        body=[Statement("forward", v) for v in order if v in needed and (is_statement(G, v) or v in roots
+                                                                         and G.nodes[v]["op"] not in LEAVES)],
     )
 
 
@@ -88,7 +90,7 @@ class Placed:
     graph: str
     node: str
     out: int | None
-    scratch: int | None
+    scratch: int | tuple | None  # a temporary buffer (a tuple of them for ops with several: Op.scratches)
     computed_with: str | None = None  # already in ``out``: that earlier statement computed it on the way
 
 
@@ -180,7 +182,7 @@ def plan_workspace(sched: Schedule) -> Workspace:
         else:
             out = scratch = None
             if shape != ():
-                candidates = reads[i] if op.inplace else []
+                candidates = reads[i] if op.inplace is True else [reads[i][k] for k in op.inplace or ()]
                 if data["op"] == "accumulate":  # a sum is written term by term: only over its first term,
                     candidates = [] if reads[i][0] in reads[i][1:] else reads[i][:1]  # and not if it comes again
                 for u in candidates:
@@ -198,6 +200,12 @@ def plan_workspace(sched: Schedule) -> Workspace:
                 error = errors[s.node]
                 scratch = where[error] = pool.take(first, dtype, error)
                 kept[error] = s.node
+            elif op.scratches is not None:  # several temporaries, each taken for this statement alone
+                shapes = [graph.nodes[a]["shape"] for a in args]
+                scratch = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {s.node}")
+                                for sh, dt in op.scratches(shapes, data["attrs"]))
+                for index in scratch:
+                    pool.give_back(index)
             elif op.scratch and first != ():
                 donor = reads[i][op.scratch_from] if op.scratch_from is not None else None
                 if donor in where and last[donor] == i and where[donor] != out \

@@ -18,7 +18,7 @@ from .graph import DTYPES, Graph, Namer, Tensor, check_name, public_ops
 SECTIONS = {"name", "inputs", "params", "nodes", "train"}
 TRAIN_KEYS = {"loss", "outputs", "optimizer", "lr", "iterations", "dtype"}
 PARAM_KEYS = {"shape", "init", "scale"}
-OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.MatMult: "matmul"}
+OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
 
 
 @dataclass
@@ -213,11 +213,11 @@ class Expression:
     def children(self, node) -> list:
         if isinstance(node, ast.BinOp):
             if type(node.op) not in OPERATORS:
-                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * @)")
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / @)")
             return [node.left, node.right]
         if isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, (ast.USub, ast.UAdd)):
-                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * @)")
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / @)")
             return [node.operand]
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in public_ops():
@@ -234,7 +234,7 @@ class Expression:
             return list(node.args)
         if isinstance(node, (ast.Name, ast.Constant)):
             return []
-        self.fail(f"{type(node).__name__} expressions are not allowed: use names, numbers, + - * @ and op calls")
+        self.fail(f"{type(node).__name__} expressions are not allowed: use names, numbers, + - * / @ and op calls")
 
     def value(self, node, args, name):
         if isinstance(node, ast.Constant):
@@ -253,15 +253,32 @@ class Expression:
                 return x
             if not isinstance(x, Tensor):
                 return -x
-            return self.apply("mul", [-1.0, x], {}, name)
+            return self.apply("neg", [x], {}, name)
         if isinstance(node, ast.BinOp):
             return self.apply(OPERATORS[type(node.op)], args, {}, name)
-        attrs = {}
-        for kw in node.keywords:
-            if not isinstance(kw.value, ast.Constant) or not isinstance(kw.value.value, (str, int, float)):
-                self.fail(f"attribute {kw.arg}= must be a literal string or number")
-            attrs[kw.arg] = kw.value.value
+        attrs = {kw.arg: self.literal(kw) for kw in node.keywords}
         return self.apply(node.func.id, args, attrs, name)
+
+    def literal(self, kw):
+        """An attribute's value: a number (``-1`` too), a string, True/False, None or a tuple of ints."""
+        def scalar(node):
+            if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+                    and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
+                return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+            if isinstance(node, ast.Constant) and (node.value is None or type(node.value) in (str, int, float, bool)):
+                return node.value
+            raise ValueError
+
+        try:
+            if isinstance(kw.value, ast.Tuple):
+                items = tuple(scalar(e) for e in kw.value.elts)
+                if all(type(i) is int for i in items):
+                    return items
+                raise ValueError
+            return scalar(kw.value)
+        except ValueError:
+            self.fail(f"attribute {kw.arg}= must be a literal: a number, a string, True, False, None "
+                      "or a tuple of ints")
 
     def lookup(self, ref: str) -> Tensor:
         if ref in self.g:

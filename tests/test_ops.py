@@ -8,15 +8,49 @@ from graphc import ops
 from graphc.autodiff import adjoint
 from graphc.codegen import environment
 from gradcheck import check_gradients, random_params
+from test_memory import assert_trainer_matches_value_and_grad
+
+def log_softmax_ref(x, axis=-1):  # torch.nn.functional.log_softmax: x - log(sum(exp(x)))
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def cross_entropy_ref(x, t, reduction="mean"):
+    """torch.nn.functional.cross_entropy: -log_softmax at the target class (indices) or -sum(t * log_softmax)
+    (probabilities); 'mean' divides by the batch size N in both cases."""
+    logp = log_softmax_ref(x, axis=1)
+    rows = -logp[np.arange(len(x)), t] if t.ndim == 1 else -np.sum(t * logp, axis=1)
+    return getattr(np, reduction)(rows)
+
+
+def bce_ref(x, t, reduction="mean"):  # the textbook form: -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))
+    p = 1 / (1 + np.exp(-x))
+    return getattr(np, reduction)(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+
 
 REFERENCE = {
     "matmul": lambda a, b: a @ b,
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "neg": lambda x: -x,
     "relu": lambda x: np.maximum(x, 0),
+    "exp": np.exp,
+    "log": np.log,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "leaky_relu": lambda x, negative_slope=0.01: np.where(x >= 0, x, negative_slope * x),
+    "softmax": lambda x, axis=-1: np.exp(log_softmax_ref(x, axis)),
+    "log_softmax": log_softmax_ref,
+    "sum": np.sum,
+    "mean": np.mean,
+    "transpose": np.transpose,
     "mse": lambda p, t, reduction="mean": getattr(np, reduction)((p - t) ** 2),
+    "cross_entropy": cross_entropy_ref,
+    "binary_cross_entropy_with_logits": bce_ref,
 }
+INDICES = "indices"  # an operand that is an int64 input of class indices (N,), for logits (N, C) before it
 
 # (op, operand shapes, attrs): scalars, vectors, matrices and broadcasting in both directions.
 CASES = [
@@ -42,18 +76,65 @@ CASES = [
     ("mse", [(3, 4), (3, 4)], {}),
     ("mse", [(3, 4), (3, 4)], {"reduction": "sum"}),
     ("mse", [(), ()], {"reduction": "mean"}),
+    ("div", [(3, 4), (3, 4)], {}),
+    ("div", [(3, 4), (4,)], {}),
+    ("div", [(), (3, 1)], {}),
+    ("div", [(2, 1, 4), ()], {}),
+    ("neg", [(3, 4)], {}),
+    ("neg", [()], {}),
+    ("exp", [(3, 4)], {}),
+    ("exp", [()], {}),
+    ("log", [(3, 4)], {}),
+    ("tanh", [(3, 4)], {}),
+    ("tanh", [()], {}),
+    ("sigmoid", [(3, 4)], {}),
+    ("sigmoid", [(5,)], {}),
+    ("leaky_relu", [(3, 4)], {}),
+    ("leaky_relu", [(3, 4)], {"negative_slope": 0.2}),
+    ("leaky_relu", [(6,)], {"negative_slope": 3.0}),  # a slope above 1
+    ("leaky_relu", [(6,)], {"negative_slope": -0.5}),
+    ("softmax", [(3, 4)], {}),
+    ("softmax", [(3, 4)], {"axis": 0}),
+    ("softmax", [(2, 3, 4)], {"axis": -2}),
+    ("softmax", [(5,)], {}),
+    ("log_softmax", [(3, 4)], {}),
+    ("log_softmax", [(3, 4)], {"axis": 0}),
+    ("log_softmax", [(2, 3, 4)], {"axis": 1}),
+    ("sum", [(3, 4)], {}),
+    ("sum", [(3, 4)], {"axis": 0}),
+    ("sum", [(3, 4)], {"axis": -1}),
+    ("sum", [(2, 3, 4)], {"axis": (0, 2)}),
+    ("sum", [(2, 3, 4)], {"axis": (-1, 0), "keepdims": True}),
+    ("sum", [(3, 4)], {"axis": None, "keepdims": True}),
+    ("sum", [()], {}),
+    ("mean", [(3, 4)], {}),
+    ("mean", [(3, 4)], {"axis": 1}),
+    ("mean", [(2, 3, 4)], {"axis": (0, -1)}),
+    ("mean", [(2, 3, 4)], {"axis": -2, "keepdims": True}),
+    ("transpose", [(3, 4)], {}),
+    ("transpose", [(1, 5)], {}),
+    ("cross_entropy", [(5, 4), INDICES], {}),
+    ("cross_entropy", [(5, 4), INDICES], {"reduction": "sum"}),
+    ("cross_entropy", [(1, 3), INDICES], {}),
+    ("cross_entropy", [(5, 4), (5, 4)], {}),  # probabilities: a gradient for the target too
+    ("cross_entropy", [(5, 4), (5, 4)], {"reduction": "sum"}),
+    ("binary_cross_entropy_with_logits", [(5, 3), (5, 3)], {}),
+    ("binary_cross_entropy_with_logits", [(6,), (6,)], {"reduction": "sum"}),
+    ("binary_cross_entropy_with_logits", [(), ()], {}),
 ]
 
 
 def case_id(case):
     op, shapes, attrs = case
-    return f"{op}-{'-'.join(str(s) for s in shapes)}{'-' + attrs['reduction'] if attrs else ''}"
+    return f"{op}-{'-'.join(str(s) for s in shapes)}{''.join(f'-{k}={v}' for k, v in attrs.items())}"
 
 
 def build(op, shapes, attrs):
-    """op(a, b, ...) over params; a scalar loss through mse against a random target when op is not a loss."""
+    """op(a, b, ...) over params (class indices: an int64 input); a scalar loss through mse against a random
+    target when op is not a loss."""
     g = gc.Graph("case")
-    args = [g.param(f"p{i}", shape) for i, shape in enumerate(shapes)]
+    args = [g.input(f"p{i}", shapes[0][:1], dtype="int64") if shape == INDICES else g.param(f"p{i}", shape)
+            for i, shape in enumerate(shapes)]
     out = g.apply(op, *args, name="out", **attrs)
     if out.shape == ():
         return g, out, out
@@ -61,18 +142,41 @@ def build(op, shapes, attrs):
     return g, out, gc.mse(out, target, reduction="sum", name="loss")
 
 
+def case_values(op, shapes, params):
+    """The operands' values: the params (positive for log, probabilities for a cross_entropy target) and, for
+    class indices, valid indices drawn at random."""
+    rng = np.random.default_rng(3)
+    values = {}
+    for i, shape in enumerate(shapes):
+        name = f"p{i}"
+        if shape == INDICES:
+            values[name] = rng.integers(0, shapes[0][1], size=shapes[0][0])
+            continue
+        if op == "log" or op in ("cross_entropy", "binary_cross_entropy_with_logits") and i == 1:
+            params[name][...] = np.abs(params[name]) + 0.5  # log of a positive number; target weights
+        if op == "cross_entropy" and i == 1:
+            params[name] /= params[name].sum(axis=1, keepdims=True)  # probabilities, rows summing to 1
+        if op == "binary_cross_entropy_with_logits" and i == 1:
+            params[name][...] = params[name] / (1 + params[name])  # probabilities in (0, 1)
+        values[name] = params[name]
+    return values
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_op(case):
     op, shapes, attrs = case
     g, out, loss = build(op, shapes, attrs)
     mod = gc.compile(g, loss=loss, outputs=[out]).load()
-    params = random_params(mod, away_from_zero=(op == "relu"))
-    inputs = tuple(np.random.default_rng(2).standard_normal(out.shape) for _ in mod.INPUTS)
+    params = random_params(mod, away_from_zero=(op in ("relu", "leaky_relu")))
+    values = case_values(op, shapes, params)
+    indices = tuple(values[x] for x in mod.INPUTS if x != "target")
+    inputs = indices + tuple(np.random.default_rng(2).standard_normal(out.shape) for x in mod.INPUTS if x == "target")
 
-    expected = REFERENCE[op](*(params[f"p{i}"] for i in range(len(shapes))), **attrs)
+    expected = REFERENCE[op](*values.values(), **attrs)
     assert out.shape == np.shape(expected)  # the shape rule agrees with NumPy
-    np.testing.assert_allclose(mod.predict(params), expected, rtol=1e-12)  # predict needs no input here
+    np.testing.assert_allclose(mod.predict(params, *indices), expected, rtol=1e-12, atol=1e-15)
     check_gradients(mod, params, inputs)
+    assert_trainer_matches_value_and_grad(mod, params, inputs, steps=2)  # the workspace forms agree
 
 
 @pytest.mark.parametrize(
