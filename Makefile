@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup test-setup graphviz fuzz bench golden clean
+.PHONY: demo test setup test-setup graphviz fuzz bench golden clean digits
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ graphviz:
 demo: setup
 	$(BIN)/graphc compile examples/two_layer.toml -o examples/two_layer.py
 	$(BIN)/python examples/two_layer.py
+
+# A real model: compile examples/digits.toml, train it on scikit-learn's bundled digits (the `examples` extra),
+# print the epochs and the test accuracy, save the trained params.
+digits: setup
+	$(BIN)/python -c "import sklearn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[examples]"
+	$(BIN)/graphc compile examples/digits.toml -o examples/digits_model.py
+	$(BIN)/python examples/digits.py --module examples/digits_model.py --params examples/digits_params.npz
 
 test: test-setup
 	$(BIN)/python -m pytest -q
