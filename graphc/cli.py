@@ -24,6 +24,15 @@ class Parser(argparse.ArgumentParser):
 
 SPEC = dict(metavar="SPEC", help="the model spec, a .toml or .json file")
 DTYPE = dict(choices=DTYPES, help="float type of every array (default: the spec's, else float64)")
+DIM = dict(metavar="NAME=SIZE", action="append", default=[],
+           help="the default size of a named dimension (overrides the spec's [dims]); may be repeated")
+
+
+def dim_option(text: str) -> tuple[str, int]:
+    name, sep, size = text.partition("=")
+    if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
+        raise inspect.CommandError(f"--dim {text!r}: expected NAME=SIZE with a positive integer size, e.g. --dim N=32")
+    return name.strip(), int(size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="OUT.py", help="where to write the module (default: SPEC with .py)")
     c.add_argument("--lr", type=float, help="learning rate (default: the spec's [train] lr)")
     c.add_argument("--dtype", **DTYPE)
+    c.add_argument("--dim", **DIM)
     c.set_defaults(run=run_compile)
 
     s = commands.add_parser(
@@ -57,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "svg, png: a picture drawn by Graphviz's dot (needs -o)")
     s.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of printing")
     s.add_argument("--dtype", **DTYPE)
+    s.add_argument("--dim", **DIM)
     s.set_defaults(run=run_show)
 
     k = commands.add_parser(
@@ -70,21 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"finite-difference step (default: {inspect.DEFAULT_EPS:g})")
     k.add_argument("--rtol", type=float, default=inspect.DEFAULT_RTOL,
                    help=f"tolerance, relative to the largest gradient element (default: {inspect.DEFAULT_RTOL:g})")
+    k.add_argument("--dim", **DIM)
     k.set_defaults(run=run_check)
     onnx_commands(commands)  # graphc import, graphc export (onnx_io.py)
     return parser
 
 
-def compile_spec(spec, source: str, command: str | None = None, lr: float | None = None):
-    return compile(
-        spec.graph,
-        loss=spec.loss,
-        outputs=spec.outputs,
-        lr=spec.lr if lr is None else lr,
-        iterations=spec.iterations,
-        source=source,
-        command=command,
-    )
+def compile_spec(spec, source: str, command: str | None = None, lr: float | None = None, dims=()):
+    options = spec.options(dims={**spec.dims, **dict(dim_option(d) for d in dims)})
+    if lr is not None:
+        options["lr"] = lr
+    return compile(spec.graph, **options, source=source, command=command)
 
 
 def run_compile(args) -> int:
@@ -95,9 +102,11 @@ def run_compile(args) -> int:
         command += ["--lr", repr(args.lr)]
     if args.dtype:
         command += ["--dtype", args.dtype]
-    module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr)
+    for d in args.dim:
+        command += ["--dim", d]
+    module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr, dims=args.dim)
     module.save(out)
-    print(f"graphc: wrote {out}")
+    print(f"graphc: wrote {out}" + (f" and {out.with_suffix('.npz')}" if module.init_values else ""))
     return 0
 
 
@@ -105,7 +114,7 @@ def run_show(args) -> int:
     inspect.check_format(args.view, args.format)
     if args.format in inspect.IMAGES and not args.output:
         raise inspect.CommandError(f"--format {args.format} writes an image file: give -o FILE.{args.format}")
-    module = compile_spec(load_spec(args.spec, dtype=args.dtype), args.spec)
+    module = compile_spec(load_spec(args.spec, dtype=args.dtype), args.spec, dims=args.dim)
     text = inspect.show(module, args.view, args.format)
     if args.format in inspect.IMAGES:
         inspect.render_image(text, args.format, args.output)
@@ -122,7 +131,7 @@ def run_check(args) -> int:
         raise inspect.CommandError("--eps and --rtol must be positive numbers")
     if not 0 <= args.seed < 2**63:
         raise inspect.CommandError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
-    module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec)
+    module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec, dims=args.dim)
     mod = module.load()
     report = inspect.check_gradients(mod, mod.init_params(args.seed), inspect.check_inputs(module, args.seed),
                                      eps=args.eps, rtol=args.rtol)

@@ -11,12 +11,13 @@ from pathlib import Path
 import black
 import jinja2
 
-from .graph import describe, operands, topo_order
+from . import optim
+from .graph import describe, dim_names, operands, topo_order
 from .ops import OPS
 from .schedule import Schedule
 
 # The names the generated functions use for their own purposes. If a user name takes one, ours is renamed.
-COMPILER_NAMES = ("np", "params", "self")
+COMPILER_NAMES = ("np", "params", "self", "dims")
 
 
 def template_dir() -> Path:
@@ -61,7 +62,7 @@ def sum_to_attrs(in_shape, axis, shape) -> dict:
     kept = tuple(d for i, d in enumerate(in_shape) if i not in axis)
     return {
         "axis": None if len(axis) == len(in_shape) else (axis[0] if len(axis) == 1 else axis),
-        "reshape": None if kept == tuple(shape) else tuple(shape),
+        "reshape": None if kept == tuple(shape) else shape_text(shape),
     }
 
 
@@ -73,7 +74,7 @@ class Renderer:
         self.ops = environment().get_template("ops.j2").make_module({"np": np_name})
         self.text = {}  # (graph, node) -> how an operand is written: a variable, a literal or an inline view
         for key, graph in self.graphs.items():
-            for v in topo_order(graph):
+            for v in topo_order(graph) if graph is not None else ():
                 op = graph.nodes[v]["op"]
                 if op == "const":
                     self.text[key, v] = repr(graph.nodes[v]["attrs"]["value"])
@@ -92,11 +93,12 @@ class Renderer:
         if data["op"] == "sum_to":
             attrs = sum_to_attrs(first, **attrs)
             if into:
-                attrs["keepdims"] = tuple(1 if i in data["attrs"]["axis"] else d for i, d in enumerate(first))
+                attrs["keepdims"] = shape_text(1 if i in data["attrs"]["axis"] else d for i, d in enumerate(first))
         elif data["op"] == "fill":
             attrs["dtype"] = data["dtype"]
+            attrs["shape"] = shape_text(attrs["shape"])
         elif data["op"] == "mse" and into:
-            attrs["size"] = math.prod(first)
+            attrs["size"] = size_text(first)
         if OPS[data["op"]].template_attrs is not None:  # what the op's macros need from its operands' shapes
             attrs.update(OPS[data["op"]].template_attrs([graph.nodes[a]["shape"] for a in args], data["attrs"]))
         return [self.text[key, a] for a in args], attrs
@@ -125,35 +127,24 @@ class Renderer:
             "op": data["op"],
             "equation": describe(self.graphs["forward"], s.node) if s.graph == "forward" else None,
             "args": [str(a) for a in operands(graph, s.node)],
-            "shape": tuple(data["shape"]),
+            "shape": shape_text(data["shape"]),
             "wrt": data.get("wrt"),
             "via": describe(self.graphs["forward"], via) if via is not None else None,
         }
 
 
-def render(sched: Schedule, *, name: str, source: str, command: str, version: str, lr: float,
-           iterations: int) -> str:
-    """The generated module's source, before black."""
+def render(sched: Schedule, *, name: str, source: str, command: str, version: str, train=None,
+           backend: str = "numpy") -> str:
+    """The generated module's source, before black. ``train`` (compiler.Training) is None for an inference-only
+    module."""
     G, A = sched.G, sched.A
-    names = compiler_names(set(G) | set(A))
+    dims = G.graph.get("dims", {})
+    names = compiler_names(set(G) | set(A or ()) | set(dims))
     r = Renderer(G, A, names["np"])
 
-    def function(fn):
-        return {"inputs": fn.inputs, "params": fn.params, "body": [r.statement(s) for s in fn.body]}
-
-    ws = sched.workspace
-
-    def buffer(index):
-        if isinstance(index, tuple):  # several temporaries (ops.Op.scratches): a list of names
-            return [buffer(i) for i in index]
-        return None if index is None else f"_buf{index}"
-
-    trainer = {
-        "buffers": [{"name": buffer(i), "shape": b.shape, "dtype": b.dtype, "holds": b.values}
-                    for i, b in enumerate(ws.buffers)],
-        "body": [r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with) for p in ws.body],
-        "updates": [{"param": u.param, "grad": u.grad, "inplace": u.inplace} for u in ws.updates],
-    }
+    def function(fn, extra=()):
+        body = [r.statement(s) for s in fn.body]
+        return {"inputs": fn.inputs, "params": fn.params, "body": body, "dims": used_dims(dims, body, extra)}
 
     def leaf(v):
         data = G.nodes[v]
@@ -163,26 +154,76 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     params = []
     for p in (v for v in G if G.nodes[v]["op"] == "param"):
         data = G.nodes[p]
-        params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn"})
-    return environment().get_template("module.py.j2").render(
-        name=name,
-        source=docstring_safe(source),
-        command=docstring_safe(command),
-        version=version,
-        dtype=dtype,
-        lr=repr(float(lr)),
-        iterations=int(iterations),
-        loss=sched.loss,
-        outputs=sched.outputs,
-        inputs=[leaf(v) for v in G if G.nodes[v]["op"] == "input"],
-        params=params,
-        grads={p: r.text["backward", g] for p, g in A.graph["grads"].items()},
-        predict=function(sched.predict),
-        loss_fn=function(sched.loss_fn),
-        train=function(sched.train),
-        trainer=trainer,
-        names=names,
+        params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn",
+                       "stored": data["init"] == "file"})
+    inputs = [{**leaf(v), "classes": classes_of(G, v)} for v in G if G.nodes[v]["op"] == "input"]
+    context = dict(
+        name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
+        outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
+        dims=dims, train=None, backend=backend,
     )
+    if train is not None:
+        ws = sched.workspace
+        buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values}
+                   for i, b in enumerate(ws.buffers)]
+        workspace_dims = dim_names(b.shape for b in ws.buffers)
+        opt = optim.OPTIMIZERS[train.optimizer]
+        context.update(
+            train=train,
+            optimizer=opt,
+            hyperparams={k: repr(v) for k, v in train.hyperparams.items()},
+            loss=sched.loss,
+            grads={p: r.text["backward", g] for p, g in A.graph["grads"].items()},
+            loss_fn=function(sched.loss_fn),
+            value_and_grad=function(sched.train),
+            trainer={
+                "buffers": buffers,
+                "dims": workspace_dims,
+                "body": [r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with) for p in ws.body],
+                "updates": [u.grad for u in ws.updates],
+            },
+        )
+        step = context["trainer"]
+        step["bound"] = used_dims(dims, step["body"], workspace_dims)
+    return environment().get_template("module.py.j2").render(**context)
+
+
+def buffer(index):
+    if isinstance(index, tuple):  # several temporaries (ops.Op.scratches): a list of names
+        return [buffer(i) for i in index]
+    return None if index is None else f"_buf{index}"
+
+
+def used_dims(dims: dict, body: list, extra=()) -> list[str]:
+    """The named dimensions a function's code reads (comments aside), in declaration order: the ones it binds."""
+    words = set(extra)
+    for s in body:
+        for line in s["code"].splitlines():
+            words.update(_IDENTIFIER.findall(line.split("#", 1)[0]))
+    return [d for d in dims if d in words]
+
+
+def classes_of(G, v):
+    """An integer input's number of classes (the class axis of the logits it is the target of), else None."""
+    if G.nodes[v]["dtype"] in ("float64", "float32"):
+        return None
+    for w in G.successors(v):
+        if G.nodes[w]["op"] == "cross_entropy":
+            return G.nodes[operands(G, w)[0]]["shape"][-1]
+    return None
+
+
+def shape_text(shape) -> str:
+    """A shape as Python source: named dimensions are the generated function's variables: ``(N, 10)``."""
+    dims = [str(d) for d in shape]
+    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def size_text(dims) -> str:
+    """The number of elements of a shape, as Python source: ``N * 10``; ints folded."""
+    fixed = math.prod(d for d in dims if not isinstance(d, str))
+    factors = [d for d in dims if isinstance(d, str)]
+    return " * ".join(factors + ([str(fixed)] if fixed != 1 or not factors else []))
 
 
 def render_init(data: dict, np_name: str, dtype: str) -> str:

@@ -7,16 +7,16 @@ import os
 import stat
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 
-from . import __version__
+from . import __version__, optim
 from .autodiff import adjoint, check_loss
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
-from .graph import Graph, Tensor, check_dtype, check_fits, check_number, from_networkx
+from .graph import DTYPES, Graph, Tensor, check_dtype, check_fits, dim_names, from_networkx
 from .passes import optimize
 from .schedule import Schedule, schedule
 
@@ -33,20 +33,38 @@ class CompiledModule:
     graph: nx.DiGraph  # forward graph
     adjoint: nx.DiGraph  # adjoint graph, after the passes
     schedule: Schedule
+    init_values: dict = field(default_factory=dict)  # the params whose init is "file": the module's .npz
+    training: "Training | None" = None  # None: an inference-only module
 
     def save(self, path) -> Path:
-        """Write the source to ``path`` atomically: a failure leaves an existing file as it was."""
+        """Write the source to ``path`` atomically, and the params file beside it (``path`` with .npz) when some
+        param's init is "file": a failure leaves existing files as they were."""
+        path = Path(path)
+        if self.init_values:
+            write_atomic(path.with_suffix(".npz"), npz_bytes(self.init_values))
         return write_atomic(path, self.source)
 
     def load(self):
         """Import the generated module (from a temporary file) and return it."""
         with tempfile.TemporaryDirectory(prefix="graphc-") as tmp:
-            path = Path(tmp) / f"{self.name}.py"
-            path.write_text(self.source, encoding="utf-8")
+            path = self.save(Path(tmp) / f"{self.name}.py")
             spec = importlib.util.spec_from_file_location(f"graphc_generated_{self.name}_{uuid.uuid4().hex}", path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
+            if self.init_values:
+                module._stored_params()  # read the params file while it is there
         return module
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """``arrays`` as the bytes of one .npz file (np.savez, in the dict's order)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def write_atomic(path, data: str | bytes) -> Path:
@@ -110,22 +128,93 @@ def forward_graph(g, dtype=None) -> nx.DiGraph:
     G.graph["dtype"] = check_dtype(dtype or g.dtype)
     if dtype is not None:
         for v in G:
-            G.nodes[v]["dtype"] = dtype
-            check_fits(G.nodes[v], v)
+            if G.nodes[v]["dtype"] in DTYPES:  # integer inputs stay integer
+                G.nodes[v]["dtype"] = dtype
+                check_fits(G.nodes[v], v)
     return G
 
 
-def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS, dtype=None, *,
-            source: str | None = None, command: str | None = None) -> CompiledModule:
-    """Compile graph ``g`` into a standalone NumPy module minimising scalar node ``loss`` with SGD.
+def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, dtype=None, *,
+            optimizer: str = "sgd", dims: dict | None = None, epochs: int | None = None,
+            batch_size: int | None = None, init_values: dict | None = None, backend: str = "numpy",
+            source: str | None = None, command: str | None = None, **hyperparams) -> CompiledModule:
+    """Compile graph ``g`` into a standalone NumPy module that minimises scalar node ``loss``.
 
-    ``outputs`` (Tensors or names; default: the loss) are what ``predict`` returns. ``source`` and ``command``
-    only go into the module's docstring (the spec file, and the command that regenerates it).
+    ``outputs`` (Tensors or names; default: the loss) are what ``predict`` returns; without a ``loss`` the module
+    is inference-only (``predict``, ``init_params``, params I/O). ``optimizer`` is a row of graphc.optim.OPTIMIZERS
+    and ``lr`` and ``hyperparams`` its hyperparameters (torch.optim's defaults for the rest). ``dims`` gives named
+    dimensions their default sizes; ``epochs`` and ``batch_size`` are ``Trainer.fit``'s defaults (minibatches
+    along the batch dimension). ``init_values`` holds the arrays of the params whose init is "file".
+    ``source`` and ``command`` only go into the module's docstring.
     """
     G = forward_graph(g, dtype)
     loss = None if loss is None else node_name(loss, "the loss", g)
-    check_loss(G, loss)
+    if loss is not None:
+        check_loss(G, loss)
+    outputs = check_outputs(G, g, loss, outputs)
+    if not any(op == "param" for _, op in G.nodes(data="op")):
+        raise GraphError("the graph has no params: there is nothing to train" if loss is not None else
+                         "the graph has no params: predict() would be a constant function")
+    G.graph["dims"] = check_dims(G, dims)
+    init_values = check_init_values(G, init_values)
+    if backend not in BACKENDS:
+        raise GraphError(f"unknown backend {backend!r} (graphc has {', '.join(map(repr, BACKENDS))})")
+    train = None
+    if loss is not None:
+        if lr is not None:
+            hyperparams["lr"] = lr
+        train = training(G, loss, optimizer, hyperparams, iterations, epochs, batch_size)
+    elif hyperparams or lr is not None:
+        raise GraphError("optimizer settings without a loss: give the loss to train, or leave them out")
+    A = optimize(adjoint(G, loss)) if loss is not None else None
+    sched = schedule(G, A, loss, outputs)
+    name = G.graph["name"]
+    text = format_source(render(
+        sched,
+        name=name,
+        source=source or f"the graph {name!r} built in Python",
+        command=command or "graphc.compile(...) on that graph",
+        version=__version__,
+        train=train,
+        backend=backend,
+    ))
+    return CompiledModule(name, text, G, A, sched, init_values, train)
+
+
+BACKENDS = ("numpy",)
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the module trains: what codegen needs besides the schedule."""
+
+    optimizer: str
+    hyperparams: dict  # every one, lr included
+    batch_dim: str | None
+    loss_reduction: str  # "mean": the loss is a mean over the batch rows; "sum": a sum
+    iterations: int
+    epochs: int | None
+    batch_size: int | None
+
+
+def training(G: nx.DiGraph, loss, optimizer="sgd", hyperparams=None, iterations=DEFAULT_ITERATIONS, epochs=None,
+             batch_size=None) -> Training:
+    """How ``G`` trains to minimise ``loss``, every setting checked."""
+    train = Training(optimizer, optim.hyperparams(optimizer, hyperparams or {}), batch_dim(G),
+                     loss_reduction(G, loss), check_count(iterations, "iterations"),
+                     None if epochs is None else check_count(epochs, "epochs"),
+                     None if batch_size is None else check_count(batch_size, "batch_size"))
+    if train.batch_dim is None and (epochs is not None or batch_size is not None):
+        what = "batch_size" if batch_size is not None else "epochs"
+        raise GraphError(f"{what} needs a batch dimension: a named dimension (e.g. \"N\") as axis 0 of the "
+                         "inputs, such as X = [\"N\", 64]")
+    return train
+
+
+def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:
     if outputs is None:
+        if loss is None:
+            raise GraphError("no loss and no outputs: give the loss to train, or the outputs predict() returns")
         outputs = [loss]
     elif isinstance(outputs, (Tensor, str)):
         outputs = [outputs]
@@ -135,27 +224,69 @@ def compile(g, loss, outputs=None, lr=DEFAULT_LR, iterations=DEFAULT_ITERATIONS,
     for o in outputs:
         if o not in G:
             raise GraphError(f"output {o!r} is not a node of the graph", node=o)
-        if G.nodes[o]["op"] == "const":
-            raise GraphError(f"output {o!r} is a constant: predict() computes nothing for it", node=o)
+        if G.nodes[o]["op"] in ("const", "input"):
+            raise GraphError(f"output {o!r} is {'a constant' if G.nodes[o]['op'] == 'const' else 'an input'}: "
+                             "predict() computes nothing for it", node=o)
     if len(set(outputs)) != len(outputs):
         raise GraphError(f"outputs {outputs} name a node twice")
-    if not any(op == "param" for _, op in G.nodes(data="op")):
-        raise GraphError("the graph has no params: there is nothing to train")
-    lr = check_number(lr, "lr")
-    if lr <= 0:
-        raise GraphError(f"lr must be positive, got {lr!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise GraphError(f"iterations must be a positive integer, got {iterations!r}")
-    A = optimize(adjoint(G, loss))
-    sched = schedule(G, A, loss, outputs)
-    name = G.graph["name"]
-    text = format_source(render(
-        sched,
-        name=name,
-        source=source or f"the graph {name!r} built in Python",
-        command=command or "graphc.compile(...) on that graph",
-        version=__version__,
-        lr=lr,
-        iterations=iterations,
-    ))
-    return CompiledModule(name, text, G, A, sched)
+    return outputs
+
+
+def check_count(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GraphError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_dims(G: nx.DiGraph, dims: dict | None) -> dict:
+    """Every named dimension of the inputs, with its default size (None where none is given)."""
+    names = dim_names(G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input")
+    dims = dict(dims or {})
+    for d, size in dims.items():
+        if d not in names:
+            known = ", ".join(names) or "none"
+            raise GraphError(f"dims gives {d!r} a size, but no input has that dimension (named dimensions: {known})")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise GraphError(f"dimension {d!r} must have a positive integer size, got {size!r}")
+    for d in names:
+        if d in G:
+            raise GraphError(f"dimension name {d!r} is also a node name: rename one of them", node=d)
+    return {d: dims.get(d) for d in names}
+
+
+def batch_dim(G: nx.DiGraph) -> str | None:
+    """The batch dimension: the named dimension that is axis 0 of the inputs that carry it (and nowhere else)."""
+    shapes = [G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input"]
+    first = next((s[0] for s in shapes if s and isinstance(s[0], str)), None)
+    if first is None or any(first in s[1:] for s in shapes):
+        return None
+    return first
+
+
+def loss_reduction(G: nx.DiGraph, loss) -> str:
+    """"mean" when the loss is a mean over the batch rows (a loss op with reduction='mean', or mean()), else "sum"."""
+    data = G.nodes[loss]
+    if data["op"] == "mean" or data.get("attrs", {}).get("reduction") == "mean":
+        return "mean"
+    return "sum"
+
+
+def check_init_values(G: nx.DiGraph, values: dict | None) -> dict:
+    """The arrays of the params whose init is "file", checked against their shapes and cast to their dtype."""
+    import numpy as np
+
+    values = dict(values or {})
+    wanted = [v for v in G if G.nodes[v]["op"] == "param" and G.nodes[v]["init"] == "file"]
+    out = {}
+    for p in wanted:
+        if p not in values:
+            raise GraphError(f"param {p!r} has init = \"file\" but the params file has no array {p!r}", node=p)
+        value = np.asarray(values[p])
+        shape, dtype = G.nodes[p]["shape"], G.nodes[p]["dtype"]
+        if value.shape != shape or not np.issubdtype(value.dtype, np.floating):
+            raise GraphError(f"the params file's {p!r} has shape {value.shape} {value.dtype}, but the param is "
+                             f"{shape} {dtype}", node=p)
+        if not np.all(np.isfinite(value)):
+            raise GraphError(f"the params file's {p!r} is not finite everywhere", node=p)
+        out[p] = value.astype(dtype)
+    return out

@@ -19,11 +19,12 @@ from .errors import GraphError, ShapeError
 from .ops import OPS, check_attrs
 
 DTYPES = ("float64", "float32")
-INITS = ("zeros", "ones", "randn")
+INT_DTYPES = ("int64",)  # inputs only: class indices
+INITS = ("zeros", "ones", "randn", "file")  # "file": from the params file (params_file, init_values)
 LEAVES = ("input", "param", "const")
-# Keyword arguments of the generated functions that sit beside the inputs (Trainer.fit(*inputs, iterations=,
-# log_every=)): an input of that name could not be passed by keyword.
-INPUT_RESERVED = ("iterations", "log_every")
+# Keyword arguments of the generated functions that sit beside the inputs (Trainer.fit(*inputs, epochs=, ...)):
+# an input of that name could not be passed by keyword.
+INPUT_RESERVED = ("iterations", "log_every", "epochs", "batch_size", "shuffle", "seed")
 MAX_ELEMENTS = 2**31  # one tensor; larger is almost surely a typo and would not fit in memory anyway
 MAX_RANK = 32  # NumPy's limit on dimensions (32 before NumPy 2, 64 since)
 
@@ -56,23 +57,53 @@ class Namer:
         return name
 
 
-def check_shape(shape, node: str) -> tuple[int, ...]:
+def check_dim_name(d, node: str | None = None) -> str:
+    """A named dimension ("N") becomes a local variable of the generated functions: an identifier of our rules."""
+    if not d.isascii() or not d.isidentifier() or keyword.iskeyword(d) or d.startswith("_"):
+        raise ShapeError(f"dimension name {d!r} is not a valid ASCII Python identifier (no keyword, no leading _)",
+                         node=node)
+    return d
+
+
+def check_shape(shape, node: str, named: bool = False) -> tuple:
+    """A tuple of dimensions: positive ints and, where ``named`` (inputs), dimension names such as "N"."""
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ShapeError(f"shape {shape!r} is not a list of dimensions", node=node)
     dims = tuple(shape)
     if len(dims) > MAX_RANK:
         raise ShapeError(f"shape has {len(dims)} dimensions; NumPy allows at most {MAX_RANK}", node=node)
     for d in dims:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
-            raise ShapeError(f"shape {list(dims)!r}: every dimension must be a positive integer", node=node)
-    if math.prod(dims) > MAX_ELEMENTS:
+        if isinstance(d, str) and named:
+            check_dim_name(d, node)
+        elif isinstance(d, str):
+            raise ShapeError(f"shape {list(dims)!r}: a param's shape is concrete, but {d!r} is a named dimension "
+                             "(only inputs may have named dimensions)", node=node)
+        elif isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+            what = "a positive integer or a name" if named else "a positive integer"
+            raise ShapeError(f"shape {list(dims)!r}: every dimension must be {what}", node=node)
+    if math.prod(d for d in dims if not isinstance(d, str)) > MAX_ELEMENTS:
         raise ShapeError(f"shape {list(dims)!r} has more than {MAX_ELEMENTS} elements", node=node)
-    return tuple(int(d) for d in dims)
+    return tuple(d if isinstance(d, str) else int(d) for d in dims)
 
 
-def check_dtype(dtype, node: str | None = None) -> str:
+def dim_names(shapes) -> list[str]:
+    """The named dimensions of ``shapes``, in order of first appearance."""
+    return list(dict.fromkeys(d for shape in shapes for d in shape if isinstance(d, str)))
+
+
+def concrete(shape, sizes: dict, what: str = "") -> tuple[int, ...]:
+    """``shape`` with each named dimension replaced by its size in ``sizes``."""
+    missing = [d for d in shape if isinstance(d, str) and sizes.get(d) is None]
+    if missing:
+        raise GraphError(f"dimension {missing[0]!r}{what} has no size: give it one in [dims] "
+                         f"({missing[0]} = 32) or with --dim {missing[0]}=32")
+    return tuple(sizes[d] if isinstance(d, str) else d for d in shape)
+
+
+def check_dtype(dtype, node: str | None = None, integer: bool = False) -> str:
     if dtype not in DTYPES:
-        raise GraphError(f"unsupported dtype {dtype!r} (use one of {', '.join(DTYPES)})", node=node)
+        allowed = DTYPES + INT_DTYPES if integer else DTYPES
+        raise GraphError(f"unsupported dtype {dtype!r} (use one of {', '.join(allowed)})", node=node)
     return dtype
 
 
@@ -95,6 +126,8 @@ def check_fits(data: dict, node) -> None:
         value, what = data["attrs"]["value"], f"constant {data['attrs']['value']!r}"
     elif data["op"] == "param":
         init, scale = data["init"], data.get("scale", 1.0)
+        if init == "file":
+            return  # checked with the values, when they are given
         value = {"zeros": 0.0, "ones": 1.0, "randn": 10.0}.get(init, init) * scale  # randn: 10 sigma
         what = f"init {init!r}" + (f" times scale {scale!r}" if "scale" in data else "")
     else:
@@ -254,12 +287,15 @@ class Graph:
         return name
 
     def input(self, name: str, shape, dtype: str | None = None) -> Tensor:
-        """An input fed at every step."""
+        """An input fed at every step. Dimensions may be names ("N"): sizes bound at run time.
+        ``dtype="int64"`` makes it an integer input (class indices, the target of cross_entropy)."""
         name = self._new_name(name, "input")
         if name in INPUT_RESERVED:
             raise GraphError(f"input name {name!r} is a keyword argument of Trainer.fit; rename the input", node=name)
-        shape = check_shape(shape, name)
-        self.nx.add_node(name, op="input", shape=shape, dtype=check_dtype(dtype or self.dtype, name), attrs={})
+        shape = check_shape(shape, name, named=True)
+        if dtype not in INT_DTYPES:
+            dtype = check_dtype(dtype or self.dtype, name, integer=True)
+        self.nx.add_node(name, op="input", shape=shape, dtype=dtype, attrs={})
         return Tensor(self, name)
 
     def param(self, name: str, shape, init="randn", scale=None, dtype: str | None = None) -> Tensor:

@@ -22,10 +22,11 @@ from typing import Callable
 import networkx as nx
 import numpy as np
 
-from .codegen import Renderer, compiler_name, compiler_names
+from . import optim
+from .codegen import Renderer, classes_of, compiler_name, compiler_names
 from .compiler import write_atomic
 from .errors import GraphcError
-from .graph import describe, operands, topo_order
+from .graph import INT_DTYPES, concrete, describe, operands, topo_order
 from .schedule import is_statement, value_of
 
 
@@ -212,7 +213,8 @@ def saved_values(module) -> list[Saved]:
         if v in A and A.nodes[v]["op"] == "forward":
             data = G.nodes[v]
             kind = data["op"] if data["op"] in ("input", "param") else "activation"
-            nbytes = math.prod(data["shape"]) * np.dtype(data["dtype"]).itemsize
+            size = math.prod(concrete(data["shape"], G.graph.get("dims", {}), f" of {v!r}"))
+            nbytes = size * np.dtype(data["dtype"]).itemsize
             out.append(Saved(v, kind, tuple(data["shape"]), data["dtype"], nbytes))
     return out
 
@@ -260,15 +262,22 @@ def memory_text(module) -> str:
     rows += [(f"_buf{i}", fmt_shape(b.shape), b.dtype, str(b.nbytes), ", ".join(b.values))
              for i, b in enumerate(ws.buffers)]
     saved = 1 - ws.nbytes / ws.intermediates if ws.intermediates else 0.0
-    inplace = sum(u.inplace for u in ws.updates)
+    sizes = ", ".join(f"{d}={n}" for d, n in module.graph.graph.get("dims", {}).items())
+    opt = optim.OPTIMIZERS[module.training.optimizer]
+    G = module.graph
+    params = [G.nodes[p] for p in G if G.nodes[p]["op"] == "param"]
+    shapes = {(p["shape"], p["dtype"]): math.prod(p["shape"]) * np.dtype(p["dtype"]).itemsize for p in params}
+    state = len(opt.state) * sum(math.prod(p["shape"]) * np.dtype(p["dtype"]).itemsize for p in params)
+    scratch = opt.scratch * sum(shapes.values())
     return "\n".join([
-        f"# {module.name}: Trainer.step's workspace, allocated once by Trainer(); values whose lifetimes do not",
-        "# overlap share a buffer, elementwise ops write over an operand that dies there",
+        f"# {module.name}: Trainer.step's workspace{f' at {sizes}' if sizes else ''}, allocated by the first step "
+        "at these sizes; values whose",
+        "# lifetimes do not overlap share a buffer, elementwise ops write over an operand that dies there",
         *columns(rows, right={3}),
         f"workspace: {len(ws.buffers)} buffers, {nbytes(ws.nbytes)}",
         f"every intermediate in an array of its own: {nbytes(ws.intermediates)} (the plan saves {saved:.0%})",
-        f"updates: {inplace} of {len(ws.updates)} scale their gradient by lr in place; "
-        f"{len(ws.updates) - inplace} need a temporary",
+        f"update: {opt.title}, in place, with its state ({', '.join(opt.state)}) of every param, "
+        f"{nbytes(state)}, and {opt.scratch} temporaries per param shape, {nbytes(scratch)}",
     ]) + "\n"
 
 
@@ -468,10 +477,21 @@ class CheckReport:
 
 
 def check_inputs(module, seed: int) -> dict:
-    """Standard normal float64 inputs of the spec's shapes for ``value_and_grad``, keyed by name. They come from
+    """Inputs of the spec's shapes (named dimensions at their [dims] sizes) for ``value_and_grad``, keyed by name:
+    standard normal float64 values, and valid class indices for integer inputs. They come from
     ``np.random.default_rng(seed + 1)``, so they are not the same numbers as ``init_params(seed)``'s."""
     rng = np.random.default_rng(seed + 1)
-    return {x: rng.standard_normal(module.graph.nodes[x]["shape"]) for x in module.schedule.train.inputs}
+    G, sizes = module.graph, module.graph.graph.get("dims", {})
+    inputs = {}
+    for x in module.schedule.train.inputs:
+        shape = concrete(G.nodes[x]["shape"], sizes, f" of input {x!r}")
+        classes = classes_of(G, x)
+        if G.nodes[x]["dtype"] in INT_DTYPES:
+            high = sizes.get(classes) if isinstance(classes, str) else classes
+            inputs[x] = rng.integers(0, high or 1, shape)
+        else:
+            inputs[x] = rng.standard_normal(shape)
+    return inputs
 
 
 def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .graph import LEAVES, operands, topo_order
+from .graph import LEAVES, concrete, operands, topo_order
 from .ops import OPS
 
 
@@ -58,12 +58,16 @@ def forward_function(G: nx.DiGraph, order: list, roots: list) -> Function:
     )
 
 
-def schedule(G: nx.DiGraph, A: nx.DiGraph, loss: str, outputs: list[str]) -> Schedule:
+def schedule(G: nx.DiGraph, A: nx.DiGraph | None, loss: str | None, outputs: list[str]) -> Schedule:
+    """The functions of the module; without a loss (A is None too), only predict: an inference-only module."""
     order = topo_order(G)
+    predict = forward_function(G, order, outputs)
+    if loss is None:
+        return Schedule(G, A, loss, outputs, predict, None, None)
     loss_fn = forward_function(G, order, [loss])
     train = forward_function(G, order, [loss])
     train.body += [Statement("backward", v) for v in topo_order(A) if is_statement(A, v)]
-    sched = Schedule(G, A, loss, outputs, forward_function(G, order, outputs), loss_fn, train)
+    sched = Schedule(G, A, loss, outputs, predict, loss_fn, train)
     sched.workspace = plan_workspace(sched)
     return sched
 
@@ -77,10 +81,12 @@ class Buffer:
     shape: tuple
     dtype: str
     values: list[str] = field(default_factory=list)
+    sizes: dict = field(default_factory=dict, repr=False)  # named dimensions -> default sizes, for nbytes
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        """Bytes at the default sizes of named dimensions (an error names a dimension without one)."""
+        return math.prod(concrete(self.shape, self.sizes)) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -106,11 +112,16 @@ class Workspace:
     buffers: list[Buffer]
     body: list[Placed]
     updates: list[Update]
-    intermediates: int  # bytes, if every non-scalar value had an array of its own
+    values: list[Buffer]  # every non-scalar value of the step, as if each had an array of its own
 
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.buffers)
+
+    @property
+    def intermediates(self) -> int:
+        """Bytes, if every non-scalar value had an array of its own."""
+        return sum(b.nbytes for b in self.values)
 
 
 def value_of(graph: nx.DiGraph, v):
@@ -127,7 +138,8 @@ def value_of(graph: nx.DiGraph, v):
 class Pool:
     """Buffers of the workspace, handed out by (shape, dtype) and given back when their value dies."""
 
-    def __init__(self):
+    def __init__(self, sizes: dict):
+        self.sizes = sizes
         self.buffers: list[Buffer] = []
         self.free: dict[tuple, list[int]] = defaultdict(list)
 
@@ -137,7 +149,7 @@ class Pool:
             index = free.pop()
         else:
             index = len(self.buffers)
-            self.buffers.append(Buffer(tuple(shape), dtype))
+            self.buffers.append(Buffer(tuple(shape), dtype, sizes=self.sizes))
         self.buffers[index].values.append(value)
         return index
 
@@ -169,13 +181,15 @@ def plan_workspace(sched: Schedule) -> Workspace:
               and G.nodes[A.nodes[e]["via"]]["op"] == "mse" and operands(A, e) == operands(G, A.nodes[e]["via"])}
     kept = {}  # the error -> the mse statement that computed it
 
-    pool, where, placed, intermediates = Pool(), {}, [], 0
+    sizes = G.graph.get("dims", {})
+    pool, where, placed, values = Pool(sizes), {}, [], []
     for i, s in enumerate(body):
         graph = graphs[s.graph]
         data = graph.nodes[s.node]
         op = OPS[data["op"]]
         shape, dtype = tuple(data["shape"]), data["dtype"]
-        intermediates += math.prod(shape) * np.dtype(dtype).itemsize if shape != () else 0
+        if shape != ():
+            values.append(Buffer(shape, dtype, [s.node], sizes))
         if s.node in kept:  # already in its buffer: the mse computed it
             out = where[s.node]
             placed.append(Placed(s.graph, s.node, out, None, computed_with=kept[s.node]))
@@ -227,4 +241,4 @@ def plan_workspace(sched: Schedule) -> Workspace:
     updates = []
     for k, (p, g) in enumerate(grads.items()):
         updates.append(Update(p, g, inplace=g in where and last[g] == len(body) + k))
-    return Workspace(pool.buffers, placed, updates, intermediates)
+    return Workspace(pool.buffers, placed, updates, values)

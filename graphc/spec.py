@@ -8,16 +8,22 @@ import math
 import re
 import tomllib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compiler import DEFAULT_ITERATIONS, DEFAULT_LR
-from .errors import GraphcError, SpecError
+import numpy as np
+
+from .compiler import DEFAULT_ITERATIONS, check_dims
+from .errors import GraphcError, GraphError, SpecError
+from .optim import OPTIMIZERS
+from .optim import hyperparams as check_hyperparams
 from .graph import DTYPES, Graph, Namer, Tensor, check_name, public_ops
 
-SECTIONS = {"name", "inputs", "params", "nodes", "train"}
-TRAIN_KEYS = {"loss", "outputs", "optimizer", "lr", "iterations", "dtype"}
+SECTIONS = {"name", "inputs", "params", "nodes", "train", "dims", "params_file"}
+HYPERPARAMS = {k for o in OPTIMIZERS.values() for k in o.hyperparams}  # lr among them
+TRAIN_KEYS = {"loss", "outputs", "optimizer", "iterations", "epochs", "batch_size", "dtype"} | HYPERPARAMS
 PARAM_KEYS = {"shape", "init", "scale"}
+INPUT_KEYS = {"shape", "dtype"}
 OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
 
 
@@ -26,11 +32,23 @@ class Spec:
     """A parsed spec: the graph and how to train it."""
 
     graph: Graph
-    loss: str
+    loss: str | None  # None: an inference-only model
     outputs: list[str] | None
-    lr: float = DEFAULT_LR
+    lr: float | None = None
     iterations: int = DEFAULT_ITERATIONS
     path: str = ""
+    optimizer: str = "sgd"
+    hyperparams: dict = field(default_factory=dict)  # as given, lr aside
+    dims: dict = field(default_factory=dict)
+    epochs: int | None = None
+    batch_size: int | None = None
+    init_values: dict = field(default_factory=dict)  # the params file's arrays
+
+    def options(self, **overrides) -> dict:
+        """The keyword arguments of graphc.compile that this spec gives (``overrides`` win)."""
+        return {"loss": self.loss, "outputs": self.outputs, "lr": self.lr, "iterations": self.iterations,
+                "optimizer": self.optimizer, "dims": self.dims, "epochs": self.epochs,
+                "batch_size": self.batch_size, "init_values": self.init_values, **self.hyperparams, **overrides}
 
 
 def read(path: Path) -> dict:
@@ -107,8 +125,6 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
     unknown = sorted(set(train) - TRAIN_KEYS)
     if unknown:
         raise SpecError(f"unknown key {unknown[0]!r} in [train] (expected: {', '.join(sorted(TRAIN_KEYS))})")
-    if train.get("optimizer", "sgd") != "sgd":
-        raise SpecError(f"unknown optimizer {train['optimizer']!r} (graphc has 'sgd')")
     dtype = dtype or train.get("dtype") or "float64"
     if dtype not in DTYPES:
         raise SpecError(f"unsupported dtype {dtype!r} (use one of {', '.join(DTYPES)})")
@@ -121,8 +137,16 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
             raise SpecError(f"duplicate name {key!r} (each name is defined once across sections)", node=key)
     for key in every:  # before any node is built: a bad name is reported as the user wrote it
         check_name(key)
-    for key, shape in inputs.items():
-        g.input(key, shape)
+    for key, x in inputs.items():
+        if isinstance(x, dict):
+            extra = sorted(set(x) - INPUT_KEYS)
+            if extra or "shape" not in x:
+                what = f"unknown key {extra[0]!r}" if extra else "no shape"
+                raise SpecError(f"{what}: an input is a shape, or a table {{ shape = [...], dtype = \"int64\" }}",
+                                node=key)
+            g.input(key, x["shape"], dtype=x.get("dtype"))
+        else:
+            g.input(key, x)
     for key, p in params.items():
         if not isinstance(p, dict):
             raise SpecError(f"param {key!r} must be a table {{ shape = [...], init = ... }}", node=key)
@@ -137,21 +161,58 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
         Expression(g, key, set(nodes), namer).build(text)
 
     loss = train.get("loss")
-    if not isinstance(loss, str):
-        raise SpecError("[train] needs loss = \"<name of the scalar node to minimise>\"")
+    if loss is not None and not isinstance(loss, str):
+        raise SpecError("[train] loss must be the name of the scalar node to minimise")
     outputs = train.get("outputs")
     if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
         raise SpecError("[train] outputs must be a list of node names")
-    for ref in [loss, *(outputs or [])]:
+    if loss is None and outputs is None:
+        raise SpecError("[train] needs loss = \"<name of the scalar node to minimise>\" (or, for an "
+                        "inference-only module, outputs = [...])")
+    for ref in [*([loss] if loss else []), *(outputs or [])]:
         if ref not in g:
             raise SpecError(f"[train] names {ref!r}, which is not defined", node=ref)
-    lr = train.get("lr", DEFAULT_LR)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < as_float(lr) < math.inf:
-        raise SpecError(f"[train] lr must be a positive finite number, got {lr!r}")
     iterations = train.get("iterations", DEFAULT_ITERATIONS)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 10**9:
         raise SpecError(f"[train] iterations must be an integer from 1 to 10**9, got {iterations!r}")
-    return Spec(g, loss, outputs, float(lr), iterations, path)
+    for key in ("epochs", "batch_size"):
+        value = train.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9):
+            raise SpecError(f"[train] {key} must be an integer from 1 to 10**9, got {value!r}")
+    optimizer = train.get("optimizer", "sgd")
+    given = {k: tuple(v) if k == "betas" and isinstance(v, list) else v for k, v in train.items() if k in HYPERPARAMS}
+    try:
+        check_hyperparams(optimizer, given, where="[train] ")
+        dims = check_dims(g.nx, section(data, "dims"))
+    except GraphError as err:
+        raise SpecError(err.message, node=err.node) from None
+    lr = given.pop("lr", None)
+    return Spec(g, loss, outputs, lr, iterations, path, optimizer, given, dims, train.get("epochs"),
+                train.get("batch_size"), params_file(data, path, g))
+
+
+def params_file(data: dict, path: str, g: Graph) -> dict:
+    """The arrays of the spec's params_file (relative to the spec), for the params whose init is "file"."""
+    wanted = [p for p in g.params if g.nx.nodes[p]["init"] == "file"]
+    name = data.get("params_file")
+    if name is None:
+        if wanted:
+            raise SpecError("init = \"file\" needs a params_file = \"<file>.npz\" at the top of the spec",
+                            node=wanted[0])
+        return {}
+    if not isinstance(name, str) or not name.endswith(".npz"):
+        raise SpecError(f"params_file must name a .npz file, got {name!r}")
+    file = Path(path).parent / name
+    try:
+        with np.load(file, allow_pickle=False) as arrays:
+            values = {k: arrays[k] for k in arrays.files}
+    except (OSError, ValueError, EOFError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "not a .npz file of arrays"
+        raise SpecError(f"cannot read params_file {name!r}: {reason}") from None
+    for p in wanted:
+        if p not in values:
+            raise SpecError(f"params_file {name!r} has no array {p!r}", node=p)
+    return {p: values[p] for p in wanted}
 
 
 def as_float(x) -> float:

@@ -17,6 +17,7 @@ import graphc as gc
 from graphc.autodiff import MAX_TERMS, adjoint
 from graphc import compiler
 from graphc.codegen import _format_by_shape, format_source, render
+from graphc.compiler import training
 from graphc.passes import optimize
 from graphc.schedule import schedule
 from gradcheck import check_gradients
@@ -106,7 +107,7 @@ def test_a_wide_fan_out_is_summed_in_steps():
     assert sums and max(len(list(A.predecessors(v))) for v in sums) <= MAX_TERMS
     # the module text before black: Python's compiler must take it (one sum of 3000 terms would not)
     text = render(schedule(g.nx, A, loss.name, [loss.name]), name="fan", source="test", command="test",
-                  version=gc.__version__, lr=0.1, iterations=1)
+                  version=gc.__version__, train=training(g.nx, loss.name, hyperparams={"lr": 0.1}))
     compile(text, "fan.py", "exec", dont_inherit=True)
 
 

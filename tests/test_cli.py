@@ -27,7 +27,7 @@ def test_lr_and_dtype_flags(root, tmp_path):
     result = graphc("compile", "two_layer.toml", "-o", "m.py", "--lr", "0.002", "--dtype", "float32", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "m.py").read_text()
-    assert "LR = 0.002\n" in text and "DTYPE = np.float32\n" in text
+    assert "    \"lr\": 0.002,\n" in text and "DTYPE = np.float32\n" in text
     assert "graphc compile two_layer.toml -o m.py --lr 0.002 --dtype float32" in text
 
 

@@ -87,8 +87,8 @@ SPEC_ERRORS = {
         node="loss", text=spec(inputs='[inputs]\nX = [4, 3]\ny = [4, 3]\n')),
     "non-scalar loss": Case(GraphError, "node 'pred': the loss must be a scalar, but 'pred' has shape (4, 2)",
                             node="pred", text=spec(train='[train]\nloss = "pred"\n')),
-    "missing loss": Case(SpecError, '[train] needs loss = "<name of the scalar node to minimise>"',
-                         text=spec(train='[train]\nlr = 0.1\n')),
+    "missing loss": Case(SpecError, '[train] needs loss = "<name of the scalar node to minimise>" (or, for an '
+                                    'inference-only module, outputs = [...])', text=spec(train='[train]\nlr = 0.1\n')),
     "missing [train]": Case(SpecError, "missing [train] section", text=spec(train="")),
     "loss not defined": Case(SpecError, "node 'los': [train] names 'los', which is not defined", node="los",
                              text=spec(train='[train]\nloss = "los"\n')),
@@ -204,7 +204,7 @@ API_ERRORS = {
     "unknown op (builder)": (lambda: (lambda g, x, W: g.apply("tanh", x))(*two_node_graph()), GraphError,
                              "node 'tanh_1': unknown op 'tanh' (known: add, matmul, mse, mul, relu, sub)"),
     "missing loss (compile)": (lambda: gc.compile(two_node_graph()[0], None), GraphError,
-                               "no loss given: name the scalar node to minimise"),
+                               "no loss and no outputs: give the loss to train, or the outputs predict() returns"),
     "loss not a node": (lambda: gc.compile(two_node_graph()[0], "l"), GraphError,
                         "node 'l': the loss 'l' is not a node of the graph"),
     "loss of another graph": (loss_of_another_graph, GraphError,
@@ -218,7 +218,7 @@ API_ERRORS = {
         GraphError, "unsupported dtype 'float16' (use one of float64, float32)"),
     "bad lr (compile)": (
         lambda: (lambda g, x, W: gc.compile(g, gc.mse(x @ W, x @ W), lr=-1.0))(*two_node_graph()),
-        GraphError, "lr must be positive, got -1.0"),
+        GraphError, "sgd hyperparameter lr must be a positive finite number, got -1.0"),
     "empty outputs": (
         lambda: (lambda g, x, W: gc.compile(g, gc.mse(x @ W, x @ W), outputs=[]))(*two_node_graph()),
         GraphError, "outputs is empty: name what predict() returns (the default is the loss)"),

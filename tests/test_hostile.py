@@ -140,7 +140,7 @@ CORPUS = {
     "json_int_digits_limit.json": "invalid JSON: Exceeds the limit (4300 digits) for integer string conversion",
     "json_duplicate_key.json": "node 'y': duplicate key 'y'",
     "json_deep_nesting.json": "invalid JSON: nested too deeply",
-    "json_shape_object.json": "node 'X': shape ['__class__']: every dimension must be a positive integer",
+    "json_shape_object.json": "node 'X': unknown key '__class__': an input is a shape, or a table",
     "json_node_not_string.json": "node 'loss': a node is an expression string, got {'op': 'mse'",
     # hostile but valid: must compile to a correct module
     "valid_shadowing_names.toml": COMPILES,

@@ -3,23 +3,39 @@
 Regenerate with: graphc compile examples/chain_rule.toml -o examples/chain_rule.py
 
 It needs only NumPy. Contents: INPUTS and PARAMS (names, in order), init_params(seed),
-predict(params, *inputs), loss(params, *inputs), value_and_grad(params, *inputs), and
-Trainer(params, lr).step(*inputs) / .fit(*inputs): forward, backward and SGD update fused.
-Running it trains on random data of the right shapes.
+predict(params, *inputs), loss(params, *inputs), value_and_grad(params, *inputs),
+Trainer(params, lr, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
+checkpoints (.save(path), .load(path)): forward, backward and the SGD (torch.optim.SGD) update fused,
+and save_params(params, path) / load_params(path). Running it trains on random data of the right shapes.
 """
+
+import os
+import tempfile
 
 import numpy as np
 
 INPUTS = ()
 PARAMS = ("x", "y", "z")
 DTYPE = np.float64
-LR = 0.01
+DIMS = {}  # named dimensions: their default sizes
+BATCH_DIM = None
+OPTIMIZER = "sgd"
+HYPERPARAMS = {
+    "lr": 0.01,
+    "momentum": 0.0,
+    "dampening": 0.0,
+    "weight_decay": 0.0,
+    "nesterov": False,
+}
+LR = HYPERPARAMS["lr"]
+LOSS_REDUCTION = "sum"  # how the loss combines the batch's rows
 ITERATIONS = 10
 _SHAPES = {
     "x": (),
     "y": (),
     "z": (),
 }
+_CLASSES = {}  # integer inputs: class indices in [0, C)
 
 
 def init_params(seed=0):
@@ -31,19 +47,58 @@ def init_params(seed=0):
     }
 
 
-def _input(name, value):
-    value = np.asarray(value)
-    if value.shape != _SHAPES[name] or value.dtype != DTYPE:
-        raise ValueError(
-            f"input {name!r}: expected shape {_SHAPES[name]} {DTYPE.__name__}, "
-            f"got {value.shape} {value.dtype}"
-        )
-    return value
+def _fmt(shape):
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
 
 
-def _check_params(params):
-    for name in PARAMS:
+def _inputs(**inputs):
+    """Check each input (shape, dtype, class indices) and bind the named dimensions.
+
+    Returns the arrays, then the sizes of the named dimensions (a dict)."""
+    dims, bound, arrays = {}, {}, []
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        shape = _SHAPES[name]
+        if name in _CLASSES:
+            dtype = "integer"
+            ok = np.issubdtype(value.dtype, np.integer) and value.ndim == len(shape)
+        else:
+            dtype = DTYPE.__name__
+            ok = value.dtype == DTYPE and value.ndim == len(shape)
+        if not ok or any(
+            d != n for d, n in zip(shape, value.shape) if not isinstance(d, str)
+        ):
+            raise ValueError(
+                f"input {name!r}: expected shape {_fmt(shape)} {dtype}, got {value.shape} {value.dtype}"
+            )
+        for d, n in zip(shape, value.shape):
+            if isinstance(d, str):
+                if d not in dims:
+                    dims[d], bound[d] = n, name
+                elif dims[d] != n:
+                    raise ValueError(
+                        f"dimension {d!r}: input {bound[d]!r} has {dims[d]} but input {name!r} has {n}"
+                    )
+        if name in _CLASSES:
+            value = value.astype(np.int64, copy=False)
+            classes = _CLASSES[name]
+            classes = dims.get(classes) if isinstance(classes, str) else classes
+            if value.size and classes is not None:
+                low, high = value.min(), value.max()
+                if low < 0 or high >= classes:
+                    bad = low if low < 0 else high
+                    raise ValueError(
+                        f"input {name!r}: class index {bad} is outside [0, {classes})"
+                    )
+        arrays.append(value)
+    return (*arrays, dims)
+
+
+def _check_params(params, names=PARAMS):
+    for name in names:
         value = params.get(name)
+        if value is None:
+            raise ValueError(f"param {name!r} is missing")
         if (
             not isinstance(value, np.ndarray)
             or value.shape != _SHAPES[name]
@@ -57,6 +112,45 @@ def _check_params(params):
             raise ValueError(
                 f"param {name!r}: expected an array of shape {_SHAPES[name]} {DTYPE.__name__}, got {got}"
             )
+
+
+def save_params(params, path):
+    """Write params (a dict like init_params') to path as one .npz, atomically."""
+    _check_params(params)
+    _write_npz(path, {name: params[name] for name in PARAMS})
+
+
+def load_params(path):
+    """Read params written by save_params, checking every name, shape and dtype against PARAMS."""
+    return _read_npz(path, PARAMS, "params")
+
+
+def _read_npz(path, names, what):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    extra = sorted(set(arrays) - set(names))
+    try:
+        _check_params(arrays, names)
+        if extra:
+            raise ValueError(f"{extra[0]!r} is not a param of this model")
+    except ValueError as err:
+        raise ValueError(f"{what} {os.fspath(path)!r}: {err}") from None
+    return {name: arrays[name] for name in names}
+
+
+def _write_npz(path, arrays):
+    """np.savez through a temporary file renamed over path: readers never see a part, a failure keeps the old file."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def predict(params):
@@ -111,18 +205,80 @@ def value_and_grad(params):
     }
 
 
-class Trainer:
-    """SGD on params (a dict of arrays, updated in place): one fused forward, backward and update per step."""
+def _check_hyperparams(hyperparams):
+    """Check hyperparameters given at run time as graphc checks them at compile time (ValueError)."""
+    for key, value in hyperparams.items():
+        if key not in HYPERPARAMS:
+            raise ValueError(
+                f"{OPTIMIZER} has no hyperparameter {key!r} (it has {', '.join(HYPERPARAMS)})"
+            )
+        default = HYPERPARAMS[key]
+        if isinstance(default, bool):
+            what, ok = "True or False", isinstance(value, bool)
+        elif isinstance(default, tuple):
+            what = "a pair of numbers in [0, 1)"
+            ok = (
+                isinstance(value, (tuple, list))
+                and len(value) == 2
+                and all(_number(b) and 0 <= b < 1 for b in value)
+            )
+            value = tuple(value) if ok else value
+        elif key == "lr":
+            what, ok = "a positive finite number", _number(value) and 0 < value < float(
+                "inf"
+            )
+        else:
+            what, ok = "a finite number >= 0", _number(value) and 0 <= value < float(
+                "inf"
+            )
+        if not ok:
+            raise ValueError(
+                f"{OPTIMIZER} hyperparameter {key} must be {what}, got {value!r}"
+            )
+        hyperparams[key] = value
+    if hyperparams["nesterov"] and (
+        hyperparams["momentum"] <= 0 or hyperparams["dampening"] != 0
+    ):
+        raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
+    return hyperparams
 
-    def __init__(self, params, lr=LR, check_finite=False):
+
+def _number(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
+    )
+
+
+class Trainer:
+    """SGD (torch.optim.SGD) on params (a dict of arrays, updated in place): one fused forward, backward and update
+    per step; the optimizer's state and the step's buffers are allocated once."""
+
+    def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
         _check_params(params)
         self.params = params
-        self.lr = lr
+        self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
+        # The optimizer's state of each param (momentum_buffer), zero at the start.
+        self._state = {name: (np.zeros_like(params[name]),) for name in PARAMS}
+        # Temporaries of the update, shared by the params of one shape.
+        shared = {}
+        self._scratch = {
+            name: shared.setdefault(
+                params[name].shape,
+                (np.empty_like(params[name]), np.empty_like(params[name])),
+            )
+            for name in PARAMS
+        }
+        self._workspaces = (
+            {}
+        )  # the step's buffers, one set per distinct set of dimension sizes
 
     def step(self):
-        """One step on a batch, without allocating arrays; returns the loss before the update."""
+        """One step on a batch; returns the loss before the update. It allocates no arrays on a batch size it has
+        seen before."""
         x = self.params["x"]
         y = self.params["y"]
         z = self.params["z"]
@@ -144,16 +300,118 @@ class Trainer:
                 ("d f / d y", f_add_2),
                 ("d f / d z", f_add),
             )
-        # ---- update: SGD, in place ----
-        x -= self.lr * dx
-        y -= self.lr * f_add_2
-        z -= self.lr * f_add
-        self.steps += 1
+        self._apply((dx, f_add_2, f_add))
         return f.item()
 
-    def fit(self, *, iterations=ITERATIONS, log_every=0):
-        """Run step() `iterations` times; print the loss every `log_every` steps; return the losses."""
-        return _fit(self.step, (), iterations, log_every)
+    def apply_gradients(self, grads):
+        """The optimizer's in-place update from gradients computed elsewhere (a dict like value_and_grad's): what
+        step() does after its backward pass."""
+        arrays = []
+        for name in PARAMS:
+            grad = grads.get(name)
+            if grad is None or np.shape(grad) != _SHAPES[name]:
+                got = "nothing" if grad is None else f"shape {np.shape(grad)}"
+                raise ValueError(
+                    f"gradient of {name!r}: expected shape {_SHAPES[name]}, got {got}"
+                )
+            arrays.append(np.asarray(grad, dtype=DTYPE))
+        if self.check_finite:
+            _check_finite(
+                self.steps + 1,
+                *((f"d f / d {name}", g) for name, g in zip(PARAMS, arrays)),
+            )
+        self._apply(arrays)
+
+    def _apply(self, grads):
+        """SGD (torch.optim.SGD), in place: one update of every param from its gradient (in PARAMS order)."""
+        momentum, dampening = (
+            self.hyperparams["momentum"],
+            self.hyperparams["dampening"],
+        )
+        weight_decay, nesterov = (
+            self.hyperparams["weight_decay"],
+            self.hyperparams["nesterov"],
+        )
+        lr = self.hyperparams["lr"]
+        self.steps += 1
+        for name, grad in zip(PARAMS, grads):
+            param = self.params[name]
+            (momentum_buffer,) = self._state[name]
+            tmp, tmp2 = self._scratch[name]
+            if weight_decay:  # grad + weight_decay * param
+                grad = np.add(grad, np.multiply(param, weight_decay, out=tmp), out=tmp)
+            if momentum:
+                if self.steps == 1:
+                    np.copyto(momentum_buffer, grad)
+                else:  # momentum * momentum_buffer + (1 - dampening) * grad
+                    momentum_buffer *= momentum
+                    momentum_buffer += np.multiply(grad, 1 - dampening, out=tmp2)
+                if nesterov:  # grad + momentum * momentum_buffer
+                    grad = np.add(
+                        grad, np.multiply(momentum_buffer, momentum, out=tmp2), out=tmp2
+                    )
+                else:
+                    grad = momentum_buffer
+            param -= np.multiply(grad, lr, out=tmp2)
+
+    def fit(
+        self,
+        *,
+        iterations=ITERATIONS,
+        log_every=0,
+    ):
+        """Run step() `iterations` times on the same inputs; print the loss every `log_every` steps; return the
+        losses."""
+        return _repeat(self.step, (), iterations, log_every)
+
+    def state_dict(self):
+        """Params, optimizer state and step count as a flat dict of arrays (copies)."""
+        state = {"optimizer": np.array(OPTIMIZER), "steps": np.array(self.steps)}
+        state.update((key, value.copy()) for key, value in self._arrays().items())
+        return state
+
+    def load_state_dict(self, state):
+        """Copy a state_dict() into this Trainer's arrays. A state of another model or optimizer raises
+        ValueError and changes nothing."""
+        arrays = self._arrays()
+        if str(state.get("optimizer")) != OPTIMIZER:
+            raise ValueError(
+                f"the state is of optimizer {str(state.get('optimizer'))!r}, this Trainer's is {OPTIMIZER!r}"
+            )
+        for key in arrays:
+            if key not in state:
+                raise ValueError(f"the state has no {key!r}: it is not of this model")
+            value = np.asarray(state[key])
+            if value.shape != arrays[key].shape or value.dtype != arrays[key].dtype:
+                raise ValueError(
+                    f"the state's {key!r} is {value.shape} {value.dtype}, "
+                    f"this model's is {arrays[key].shape} {arrays[key].dtype}"
+                )
+        extra = sorted(set(state) - set(arrays) - {"optimizer", "steps"})
+        if extra:
+            raise ValueError(f"the state has {extra[0]!r}, which this model does not")
+        for key, value in arrays.items():
+            np.copyto(value, state[key])
+        self.steps = int(state["steps"])
+
+    def save(self, path):
+        """Write state_dict() to path as one .npz, atomically: a failed save leaves an existing file as it was."""
+        _write_npz(path, self.state_dict())
+
+    def load(self, path):
+        """Load a checkpoint written by save() into this Trainer; returns the Trainer."""
+        with np.load(path, allow_pickle=False) as data:
+            self.load_state_dict(dict(data))
+        return self
+
+    def _arrays(self):
+        arrays = {f"params.{name}": self.params[name] for name in PARAMS}
+        for name in PARAMS:
+            arrays.update(
+                (f"{key}.{name}", value)
+                for key, value in zip(("momentum_buffer",), self._state[name])
+            )
+        return arrays
 
 
 def _check_finite(step, *values):
@@ -166,7 +424,7 @@ def _check_finite(step, *values):
             )
 
 
-def _fit(step, inputs, iterations, log_every):
+def _repeat(step, inputs, iterations, log_every):
     losses = []
     for i in range(iterations):
         losses.append(step(*inputs))
@@ -175,9 +433,31 @@ def _fit(step, inputs, iterations, log_every):
     return losses
 
 
+def _random_inputs(names, seed=0):
+    """Random inputs of the default sizes: normal values, valid class indices for integer inputs."""
+    missing = [d for d, size in DIMS.items() if size is None]
+    if missing:
+        raise SystemExit(
+            f"dimension {missing[0]!r} has no default size: give it one in the spec's [dims]"
+        )
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for name in names:
+        shape = tuple(DIMS[d] if isinstance(d, str) else d for d in _SHAPES[name])
+        if name in _CLASSES:
+            classes = _CLASSES[name]
+            inputs.append(
+                rng.integers(
+                    0, DIMS[classes] if isinstance(classes, str) else classes, shape
+                )
+            )
+        else:
+            inputs.append(rng.standard_normal(shape).astype(DTYPE))
+    return inputs
+
+
 def _main():
-    rng = np.random.default_rng(0)
-    inputs = [rng.standard_normal(_SHAPES[name]).astype(DTYPE) for name in ()]
+    inputs = _random_inputs(())
     trainer = Trainer(init_params(0))
     losses = trainer.fit(*inputs, log_every=max(1, ITERATIONS // 10))
     print(f"loss {losses[0]:.6g} -> {losses[-1]:.6g} in {ITERATIONS} steps")
