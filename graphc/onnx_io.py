@@ -288,7 +288,7 @@ class Importer:
             elem = v.type.tensor_type.elem_type if v.type.HasField("tensor_type") else None
             if elem not in FLOAT_TYPES:
                 raise SpecError(f"input {v.name!r} has element type {self.type_name(elem)}: graphc imports models "
-                                f"whose inputs are {' or '.join(t for t in FLOAT_TYPES.values())}")
+                                f"whose inputs are float32 or float64 tensors (axes and shapes must be constants)")
             types.append(FLOAT_TYPES[elem])
         for t in self.model.graph.initializer:
             if t.data_type in FLOAT_TYPES:
@@ -709,7 +709,6 @@ class SpecWriter:
             + (f", opset {imp.opset[0]}" + (f" converted to {imp.opset[1]}" if imp.opset[0] != imp.opset[1] else "")),
             f"# Regenerate: {comment(command)}",
             "# Names are the model's, made Python identifiers; a comment gives the ONNX name where it differs.",
-            f"name = {toml_string(g.nx.graph['name'])}",
             f"params_file = {toml_string(npz_name)}  # the initializers, keyed by param name",
             "",
         ]
