@@ -214,6 +214,7 @@ class DataParallelTrainer:
                 raise ValueError(f"dimension {dim!r}: input {first!r} has {rows} rows, input {k!r} has {n}")
         if rows == 0:
             raise ValueError(f"the batch is empty (dimension {dim!r} is 0)")
+        self._check_reduction(arrays, batched, rows)
 
         client = self.client
         try:
@@ -222,9 +223,9 @@ class DataParallelTrainer:
             raise DataParallelError(f"cannot reach the cluster: {type(err).__name__}: {err}") from err
         if not workers:
             raise DataParallelError("the cluster has no workers")
-        k = min(len(workers), rows)
-        workers = workers[:k]
-        sizes = [rows // k + (i < rows % k) for i in range(k)]
+        count = min(len(workers), rows)
+        workers = workers[:count]
+        sizes = [rows // count + (i < rows % count) for i in range(count)]
         self.release()
         try:
             whole = [k for k in names if k not in batched]
@@ -240,6 +241,32 @@ class DataParallelTrainer:
             raise DataParallelError(f"cannot scatter the data: {type(err).__name__}: {err}") from err
         self._shards, self.workers, self.shard_rows, self._lost = shards, workers, sizes, ""
         return self
+
+    def _check_reduction(self, arrays: dict, batched: list, rows: int):
+        """The loss must combine over the shards as LOSS_REDUCTION says, or the combined gradients are wrong (a loss
+        ``0.5 * mse(...)`` is a mean, a sum plus a penalty on the params is neither). Checked on the driver at the
+        current params, on up to 96 rows split unevenly in two: their combined loss must equal their loss."""
+        import numpy as np
+
+        mod = self.module
+        n = min(rows, 96)
+        if n < 2:
+            return
+        cut = n // 3
+
+        def loss(lo, hi):  # (a wrong input raises the module's ValueError here, naming it)
+            return mod.loss(self.trainer.params, **{k: (v[lo:hi] if k in batched else v) for k, v in arrays.items()})
+
+        whole, a, b = loss(0, n), loss(0, cut), loss(cut, n)
+        combined = (cut * a + (n - cut) * b) / n if mod.LOSS_REDUCTION == "mean" else a + b
+        if not (np.isfinite(whole) and np.isfinite(combined)):
+            return  # nothing to compare
+        rtol = float(np.finfo(mod.DTYPE).eps) ** 0.5
+        if abs(combined - whole) > rtol * max(abs(whole), abs(combined), float(np.finfo(mod.DTYPE).tiny)):
+            raise ValueError(
+                f"the loss is not a {mod.LOSS_REDUCTION} over the batch rows, as the module's LOSS_REDUCTION says: "
+                f"on {n} rows it is {whole:.6g}, its parts of {cut} and {n - cut} rows combine to {combined:.6g}; "
+                "data-parallel training would apply wrong gradients")
 
     def release(self):
         """Drop the scattered shards (the cluster frees them). The params stay."""
