@@ -220,10 +220,11 @@ def shape_text(shape) -> str:
 
 
 def size_text(dims) -> str:
-    """The number of elements of a shape, as Python source: ``N * 10``; ints folded."""
+    """The number of elements of a shape, as a Python operand: ``N``, ``(N * 10)``; ints folded."""
     fixed = math.prod(d for d in dims if not isinstance(d, str))
-    factors = [d for d in dims if isinstance(d, str)]
-    return " * ".join(factors + ([str(fixed)] if fixed != 1 or not factors else []))
+    factors = [d for d in dims if isinstance(d, str)] + ([str(fixed)] if fixed != 1 or not any(
+        isinstance(d, str) for d in dims) else [])
+    return factors[0] if len(factors) == 1 else f"({' * '.join(factors)})"
 
 
 def render_init(data: dict, np_name: str, dtype: str) -> str:
