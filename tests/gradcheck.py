@@ -55,9 +55,21 @@ def random_params(mod, seed: int = 0, away_from_zero: bool = False) -> dict:
     return params
 
 
-def random_inputs(mod, seed: int = 1) -> tuple:
+def random_inputs(mod, seed: int = 1, dims: dict | None = None) -> tuple:
+    """Standard normal inputs of the module's shapes; a named dimension takes its size from ``dims``, else from
+    the module's DIMS; an integer input (class indices) gets valid indices in [0, C)."""
     rng = np.random.default_rng(seed)
-    return tuple(rng.standard_normal(mod._SHAPES[name]) for name in mod.INPUTS)
+    sizes = {**getattr(mod, "DIMS", {}), **(dims or {})}
+    classes = getattr(mod, "_CLASSES", {})
+    inputs = []
+    for name in mod.INPUTS:
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in mod._SHAPES[name])
+        if name in classes:
+            c = classes[name]
+            inputs.append(rng.integers(0, sizes[c] if isinstance(c, str) else c, shape))
+        else:
+            inputs.append(rng.standard_normal(shape))
+    return tuple(inputs)
 
 
 def compile_and_load(g: gc.Graph, loss, **kw):

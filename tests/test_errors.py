@@ -21,7 +21,9 @@ import pytest
 import graphc as gc
 from graphc import cli
 from graphc.errors import GraphError, ShapeError, SpecError
+from graphc.graph import public_ops
 
+KNOWN_OPS = ", ".join(sorted(public_ops()))  # add, binary_cross_entropy_with_logits, ..., transpose
 PRECIOUS = b"# an earlier, working module\n"
 INPUTS = '[inputs]\nX = [4, 3]\ny = [4, 2]\n'
 PARAMS = '[params]\nW = { shape = [3, 2] }\n'
@@ -56,8 +58,8 @@ SPEC_ERRORS = {
                          text='{\n  "inputs": {\n    "X": [4, 3],\n  }\n}\n', file="spec.json"),
     "duplicate JSON key": Case(SpecError, "node 'X': duplicate key 'X'", node="X", file="spec.json",
                                text='{"inputs": {"X": [4, 3], "X": [4, 2]}}'),
-    "unknown op": Case(SpecError, "node 'pred': unknown op 'tanh' (known: add, matmul, mse, mul, relu, sub)",
-                       node="pred", text=spec('pred = "tanh(X @ W)"\nloss = "mse(pred, y)"')),
+    "unknown op": Case(SpecError, f"node 'pred': unknown op 'gelu' (known: {KNOWN_OPS})",
+                       node="pred", text=spec('pred = "gelu(X @ W)"\nloss = "mse(pred, y)"')),
     "wrong arity (too many)": Case(GraphError, "node 'pred': relu takes 1 operand, got 2", node="pred",
                                    text=spec('pred = "relu(X @ W, X)"\nloss = "mse(pred, y)"')),
     "wrong arity (too few)": Case(GraphError, "node 'loss': mse takes 2 operands, got 1", node="loss",
@@ -100,6 +102,74 @@ SPEC_ERRORS = {
                                 inputs='[inputs]\nX = [4, 3]\ny = [4, 2]\nV = [3, 2]\n')),
     "unsupported dtype": Case(SpecError, "unsupported dtype 'float16' (use one of float64, float32)",
                               text=spec(train='[train]\nloss = "loss"\ndtype = "float16"\n')),
+    # ---- the ops of section 10: attributes, integer inputs, shapes ----
+    "axis out of range": Case(
+        ShapeError, "node 'loss': loss = sum(pred, axis=2, keepdims=False): axis 2 is out of range for shape (4, 2) "
+        "(2-D)", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=2)"')),
+    "axis named twice": Case(
+        ShapeError, "node 'loss': loss = mean(pred, axis=(0, -2), keepdims=False): axis (0, -2) names an axis twice",
+        node="loss", text=spec('pred = "X @ W"\nloss = "mean(pred, axis=(0, -2))"')),
+    "axis of the wrong type": Case(
+        GraphError, "node 'loss': sum attribute axis=1.5 must be an int, a tuple of ints or None", node="loss",
+        text=spec('pred = "X @ W"\nloss = "sum(pred, axis=1.5)"')),
+    "softmax axis None": Case(
+        GraphError, "node 'pred': softmax attribute axis=None must be an int", node="pred",
+        text=spec('pred = "softmax(X @ W, axis=None)"\nloss = "mse(pred, y)"')),
+    "keepdims not a bool": Case(
+        GraphError, "node 'loss': sum attribute keepdims=1 must be True or False", node="loss",
+        text=spec('pred = "X @ W"\nloss = "sum(pred, keepdims=1)"')),
+    "negative_slope not a number": Case(
+        GraphError, "node 'pred': leaky_relu attribute negative_slope='steep' must be a finite number", node="pred",
+        text=spec('pred = "leaky_relu(X @ W, negative_slope=\'steep\')"\nloss = "mse(pred, y)"')),
+    "attribute a list": Case(
+        SpecError, "node 'loss': attribute axis= must be a literal: a number, a string, True, False, None or a tuple "
+        "of ints", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=[0, 1])"')),
+    "attribute a tuple of floats": Case(
+        SpecError, "node 'loss': attribute axis= must be a literal: a number, a string, True, False, None or a "
+        "tuple of ints", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=(0, 1.0))"')),
+    "cross_entropy reduction": Case(
+        GraphError, "node 'loss': cross_entropy attribute reduction='none' is not one of 'mean', 'sum'", node="loss",
+        text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y, reduction=\'none\')"')),
+    "integer input outside cross_entropy": Case(
+        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy may "
+        "be integer", node="loss",
+        text=spec('pred = "X @ W"\nloss = "mse(pred, labels)"',
+                  inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
+    "integer logits": Case(
+        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy may "
+        "be integer", node="loss",
+        text=spec('pred = "X @ W"\nloss = "cross_entropy(labels, pred)"',
+                  inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
+    "class indices of the wrong shape": Case(
+        ShapeError, "node 'loss': loss = cross_entropy(pred, labels, reduction='mean'): class indices (4, 2) must "
+        "have shape (4,) for logits (4, 2)", node="loss",
+        text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, labels)"',
+                  inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
+    "float class indices": Case(
+        ShapeError, "node 'loss': loss = cross_entropy(pred, y, reduction='mean'): target probabilities (4,) must "
+        "have the shape of the logits (4, 2) (class indices are an int64 input)", node="loss",
+        text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y)"', inputs='[inputs]\nX = [4, 3]\ny = [4]\n')),
+    "cross_entropy of 1-D logits": Case(
+        ShapeError, "node 'loss': loss = cross_entropy(loss_sum, y, reduction='mean'): cross_entropy needs logits "
+        "of shape (N, C), got (4,)", node="loss",
+        text=spec('pred = "X @ W"\nloss = "cross_entropy(sum(pred, axis=1), y)"')),
+    "bce shapes": Case(
+        ShapeError, "node 'loss': loss = binary_cross_entropy_with_logits(pred, y, reduction='mean'): logits (4, 2) "
+        "and target (4, 3) differ", node="loss",
+        text=spec('pred = "X @ W"\nloss = "binary_cross_entropy_with_logits(pred, y)"',
+                  inputs='[inputs]\nX = [4, 3]\ny = [4, 3]\n')),
+    "transpose of 1-D": Case(
+        ShapeError, "node 'loss_transpose': loss_transpose = transpose(b): transpose needs a 2-D operand, got (2,)",
+        node="loss_transpose",
+        text=spec('pred = "X @ W"\nloss = "mse(pred, transpose(b))"',
+                  params='[params]\nW = { shape = [3, 2] }\nb = { shape = [2] }\n')),
+    "named dimensions that cannot be proven equal": Case(
+        ShapeError, "node 'loss': loss = mse(pred, y, reduction='mean'): prediction (N, 2) and target (M, 2) differ",
+        node="loss", text=spec(inputs='[inputs]\nX = ["N", 3]\ny = ["M", 2]\n')),
+    "named dimension against a number": Case(
+        ShapeError, "node 'pred': pred = add(pred_matmul, y): shapes (N, 2) and (4, 2) do not broadcast (dimension "
+        "'N' and 4 cannot be proven equal)", node="pred",
+        text=spec('pred = "X @ W + y"\nloss = "sum(pred)"', inputs='[inputs]\nX = ["N", 3]\ny = [4, 2]\n')),
     "constant output": Case(GraphError, "node 'two': output 'two' is a constant: predict() computes nothing for it",
                             node="two", text=spec('two = "2"\npred = "X @ W * two"\nloss = "mse(pred, y)"',
                                                   train='[train]\nloss = "loss"\noutputs = ["two"]\n')),
@@ -201,8 +271,8 @@ API_ERRORS = {
                                   "align (2 != 4)"),
     "wrong arity (builder)": (lambda: (lambda g, x, W: g.apply("relu", x, x))(*two_node_graph()), GraphError,
                               "node 'relu_1': relu takes 1 operand, got 2"),
-    "unknown op (builder)": (lambda: (lambda g, x, W: g.apply("tanh", x))(*two_node_graph()), GraphError,
-                             "node 'tanh_1': unknown op 'tanh' (known: add, matmul, mse, mul, relu, sub)"),
+    "unknown op (builder)": (lambda: (lambda g, x, W: g.apply("gelu", x))(*two_node_graph()), GraphError,
+                             f"node 'gelu_1': unknown op 'gelu' (known: {KNOWN_OPS})"),
     "missing loss (compile)": (lambda: gc.compile(two_node_graph()[0], None), GraphError,
                                "no loss and no outputs: give the loss to train, or the outputs predict() returns"),
     "loss not a node": (lambda: gc.compile(two_node_graph()[0], "l"), GraphError,

@@ -18,20 +18,22 @@ import pytest
 
 import graphc as gc
 from graphc import cli
+from graphc.graph import public_ops
 from gradcheck import check_gradients, random_inputs, random_params
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 COMPILES = None
 PRECIOUS = b"# an earlier, working module: a failed compile must leave it byte for byte\n"
-ONLY_OPS = "only ops can be called, by name (add, matmul, mse, mul, relu, sub); this calls"
-NOT_ALLOWED = "expressions are not allowed: use names, numbers, + - * @ and op calls"
+KNOWN_OPS = ", ".join(sorted(public_ops()))  # add, binary_cross_entropy_with_logits, ..., transpose
+ONLY_OPS = f"only ops can be called, by name ({KNOWN_OPS}); this calls"
+NOT_ALLOWED = "expressions are not allowed: use names, numbers, + - * / @ and op calls"
 NOT_IDENTIFIER = "the name is not a valid ASCII Python identifier"
 
 CORPUS = {
     # expressions: parsed with ast and walked, never evaluated
     "expr_import_call.toml": f"node 'loss': {ONLY_OPS} Attribute expression",
     "expr_import_name.toml": "node 'loss': undefined name '__import__'",
-    "expr_builtin_eval.toml": "node 'loss': unknown op 'eval' (known: add, matmul, mse, mul, relu, sub)",
+    "expr_builtin_eval.toml": f"node 'loss': unknown op 'eval' (known: {KNOWN_OPS})",
     "expr_builtin_exec.toml": "node 'loss': unknown op 'exec'",
     "expr_attribute.toml": f"node 'loss': Attribute {NOT_ALLOWED}",
     "expr_dunder_chain.toml": f"node 'loss': Attribute {NOT_ALLOWED}",
@@ -45,8 +47,8 @@ CORPUS = {
     "expr_ifexp.toml": f"node 'loss': IfExp {NOT_ALLOWED}",
     "expr_boolop.toml": f"node 'loss': BoolOp {NOT_ALLOWED}",
     "expr_compare.toml": f"node 'loss': Compare {NOT_ALLOWED}",
-    "expr_power.toml": "node 'loss': operator Pow is not allowed (use + - * @)",
-    "expr_invert.toml": "node 'loss': operator Invert is not allowed (use + - * @)",
+    "expr_power.toml": "node 'loss': operator Pow is not allowed (use + - * / @)",
+    "expr_invert.toml": "node 'loss': operator Invert is not allowed (use + - * / @)",
     "expr_statement_semicolon.toml": "node 'loss': cannot parse \"mse(pred, y); __import__(",
     "expr_statement_newline.toml": "node 'loss': cannot parse \"mse(pred, y)\\n__import__(",
     "expr_comment_then_code.toml": "\": invalid syntax",
@@ -56,8 +58,8 @@ CORPUS = {
     "expr_bool_constant.toml": "node 'loss': True is not allowed here: only numbers are constants",
     "expr_ellipsis.toml": "node 'loss': Ellipsis is not allowed here: only numbers are constants",
     "expr_complex.toml": "node 'loss': 2j is not allowed here: only numbers are constants",
-    "expr_kw_call.toml": "node 'loss': attribute reduction= must be a literal string or number",
-    "expr_kw_name.toml": "node 'loss': attribute reduction= must be a literal string or number",
+    "expr_kw_call.toml": "node 'loss': attribute reduction= must be a literal: a number, a string, True, False, None or a tuple of ints",
+    "expr_kw_name.toml": "node 'loss': attribute reduction= must be a literal: a number, a string, True, False, None or a tuple of ints",
     "expr_double_star.toml": "node 'loss': * and ** arguments are not allowed",
     "expr_star.toml": "node 'loss': * and ** arguments are not allowed",
     "expr_call_result.toml": f"node 'loss': {ONLY_OPS} Call expression",
@@ -96,6 +98,18 @@ CORPUS = {
     "attr_unknown.toml": "node 'loss_relu': relu has no attribute 'inplace' (allowed: none)",
     "attr_duplicate.toml": "node 'loss': attribute reduction= is given twice",
     "attr_internal_op.toml": "node 'loss': unknown op 'sum_to'",
+    "attr_axis_call.toml": "node 'loss': attribute axis= must be a literal: a number, a string, True, False, None",
+    "attr_axis_nested_tuple.toml": "node 'loss': attribute axis= must be a literal: a number, a string, True, False",
+    "attr_axis_huge.toml": "node 'loss': loss = sum(pred, axis=99999999999999999999999, keepdims=False): axis "
+                           "99999999999999999999999 is out of range for shape (4, 2) (2-D)",
+    "attr_axis_bool.toml": "node 'loss': sum attribute axis=True must be an int, a tuple of ints or None",
+    "attr_keepdims_string.toml": "node 'loss': sum attribute keepdims='True; __import__(\"os\").system(\"touch "
+                                 "PWNED\")' must be True or False",
+    "attr_slope_inf.toml": "node 'loss_leaky_relu': leaky_relu attribute negative_slope=inf must be a finite number",
+    "attr_slope_expression.toml": "node 'loss': attribute negative_slope= must be a literal: a number, a string",
+    "expr_integer_target_injection.toml": "node 'loss_mul': y is an integer input (class indices): only the target "
+                                          "of cross_entropy may be integer",
+    "valid_new_ops.toml": COMPILES,
     "init_injection.toml": "node 'W': unknown init \"zeros((3, 2)); __import__(",
     "dtype_injection.toml": "unsupported dtype \"float64; __import__(",
     "optimizer_injection.toml": "unknown optimizer \"__import__(",
@@ -203,7 +217,7 @@ def test_hostile_spec(name, canary, capsys):
 
 def compile_spec(path, dtype=None):
     spec = gc.load_spec(path, dtype=dtype)
-    return gc.compile(spec.graph, spec.loss, spec.outputs, spec.lr, spec.iterations)
+    return gc.compile(spec.graph, spec.loss, spec.outputs, spec.lr, spec.iterations, dims=spec.dims)
 
 
 @pytest.mark.parametrize("name", VALID)

@@ -1,5 +1,7 @@
 """Layer 1: every op's shape rule, forward value and gradient, driven by one table of cases."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -268,3 +270,114 @@ def test_size_macro_renders_names_bare_and_folds_ints():
     assert str(macros.size(("N",))) == "N"
     assert str(macros.size(("N", 10))) == "(N * 10)"
     assert str(macros.size((2, "N", "M", 5))) == "(N * M * 10)"
+
+
+# ---- hostile magnitudes: logits of +-1000 give finite values and gradients, without a floating-point warning --
+
+def stable_graph(op):
+    g = gc.Graph("stable")
+    x = g.input("x", (4, 3))
+    w = g.param("w", (3,), init="ones")  # x * w: a param on the way, so there is a gradient to compute
+    logits = gc.mul(x, w, name="logits")
+    if op == "cross_entropy":
+        return g, gc.cross_entropy(logits, g.input("t", (4,), dtype="int64"), name="loss")
+    if op == "cross_entropy_probabilities":
+        return g, gc.cross_entropy(logits, g.input("t", (4, 3)), name="loss")
+    if op == "binary_cross_entropy_with_logits":
+        return g, gc.binary_cross_entropy_with_logits(logits, g.input("t", (4, 3)), name="loss")
+    return g, gc.sum(g.apply(op, logits, name="out"), name="loss")
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "softmax", "log_softmax", "cross_entropy", "cross_entropy_probabilities",
+                                "binary_cross_entropy_with_logits"])
+def test_large_logits_are_finite_and_warning_free(op):
+    g, loss = stable_graph(op)
+    mod = gc.compile(g, loss=loss).load()
+    x = np.array([[1000.0, -1000.0, 0.0], [-1000.0, -1000.0, -1000.0], [1000.0, 1000.0, -1000.0], [3.0, -2.0, 1.0]])
+    if op == "cross_entropy":
+        t = (np.array([1, 0, 2, 0]),)  # the target's logit is -1000 where the max is 1000: a loss of 2000
+    elif op == "binary_cross_entropy_with_logits":
+        t = (np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.5], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]),)
+    else:
+        t = () if op in ("sigmoid", "softmax", "log_softmax") else (np.full((4, 3), 1 / 3),)
+    params = mod.init_params()
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is the right answer
+        value, grads = mod.value_and_grad(params, x, *t)
+        trainer = mod.Trainer({k: v.copy() for k, v in params.items()}, lr=1e-6)
+        stepped = trainer.step(x, *t)
+    assert np.isfinite(value) and np.all(np.isfinite(grads["w"]))
+    assert stepped == pytest.approx(value, rel=1e-12)
+    assert np.all(np.isfinite(trainer.params["w"]))
+    if op == "cross_entropy":  # rows: 2000, 0 + log 3, 1000 + log 1 ... exact values at the extremes
+        assert value == pytest.approx(cross_entropy_ref(x, t[0]), rel=1e-12)
+    if op == "binary_cross_entropy_with_logits":
+        logits = x
+        expected = np.mean(np.maximum(logits, 0) - logits * t[0] + np.log1p(np.exp(-np.abs(logits))))
+        assert value == pytest.approx(expected, rel=1e-12)
+    if op == "sigmoid":  # sigmoid(-1000) is 0, sigmoid(1000) is 1: the sum is the count of the large ones
+        assert value == pytest.approx(np.sum(1 / (1 + np.exp(-np.clip(x, -700, 700)))), rel=1e-12)
+
+
+# ---- Trainer.step allocates no arrays, for graphs using every new op ------------------------------------
+
+def every_op_graphs(N=20000, D=16, C=4):
+    """Two graphs that use every op of section 10 between them, with class indices and probabilities."""
+    g = gc.Graph("classifier")
+    X, y = g.input("X", (N, D)), g.input("y", (N,), dtype="int64")
+    W1, b1 = g.param("W1", (D, 24), scale=0.1), g.param("b1", (24,), init="zeros")
+    W2 = g.param("W2", (C, 24), scale=0.1)
+    h = gc.leaky_relu(X @ W1 + b1, negative_slope=0.1, name="h")
+    h2 = gc.tanh(h, name="h2") * gc.sigmoid(h, name="gate") - gc.exp(-gc.mean(h * h, axis=1, keepdims=True)) / 2.0
+    logits = gc.matmul(h2, gc.transpose(W2), name="logits")
+    ce = gc.cross_entropy(logits, y, name="ce")
+    soft = gc.softmax(logits, axis=-1, name="soft")
+    logp = gc.log_softmax(logits, axis=1, name="logp")
+    reg = gc.sum(gc.log(soft + 1.0) * logp, axis=(0, 1), name="reg") / float(N * C)
+    loss1 = gc.add(ce, reg, name="loss")
+
+    g2 = gc.Graph("multilabel")
+    X2, T2, P2 = g2.input("X", (N, D)), g2.input("T", (N, C)), g2.input("P", (N, C))
+    W = g2.param("W", (D, C), scale=0.1)
+    z = X2 @ W
+    loss2 = gc.add(gc.binary_cross_entropy_with_logits(z, T2, reduction="sum", name="bce"),
+                   gc.cross_entropy(z, P2, name="ce") + gc.sum(gc.mean(z, axis=0)), name="loss")
+    return (g, loss1), (g2, loss2)
+
+
+def test_step_allocates_no_arrays_with_every_new_op():
+    # Many rows and few classes: the smallest array of the step, a row vector (N,), is 160 kB, more than NumPy's
+    # own iteration buffer for a broadcast or a cast (at most 8192 elements, 64 KiB), which is no array of the
+    # step and does not grow with it (see tests/test_memory.py).
+    N = 20000
+    rng = np.random.default_rng(0)
+    for g, loss in every_op_graphs():
+        mod = gc.compile(g, loss=loss).load()
+        ops_used = {op for _, op in g.nx.nodes(data="op")}
+        inputs = []
+        for name in mod.INPUTS:
+            data = g.nx.nodes[name]
+            if data["dtype"] == "int64":
+                inputs.append(rng.integers(0, 4, size=data["shape"]))
+            else:
+                inputs.append(rng.random(data["shape"]))
+        trainer = mod.Trainer(mod.init_params())
+        trainer.step(*inputs)  # the first step on a size allocates its workspace
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            trainer.step(*inputs)
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        assert peak < 100_000 < N * 8, (g.nx.graph["name"], sorted(ops_used), peak)
+        assert_trainer_matches_value_and_grad(mod, mod.init_params(), tuple(inputs), steps=2)
+
+
+def test_every_new_op_is_covered_by_the_allocation_test():
+    new = {"div", "neg", "exp", "log", "tanh", "sigmoid", "leaky_relu", "softmax", "log_softmax", "sum", "mean",
+           "transpose", "cross_entropy", "binary_cross_entropy_with_logits"}
+    used = set()
+    for g, _ in every_op_graphs():
+        used |= {op for _, op in g.nx.nodes(data="op")}
+    assert new <= used, new - used
