@@ -34,7 +34,9 @@ def test_lr_and_dtype_flags(root, tmp_path):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("unknown_op", "unknown_op.toml: node 'h': unknown op 'tanh' (known: add, matmul, mse, mul, relu, sub)"),
+        ("unknown_op", "unknown_op.toml: node 'h': unknown op 'gelu' (known: add, binary_cross_entropy_with_logits, "
+                       "cross_entropy, div, exp, leaky_relu, log, log_softmax, matmul, mean, mse, mul, neg, relu, "
+                       "sigmoid, softmax, sub, sum, tanh, transpose)"),
         ("shape_mismatch", "shape_mismatch.toml: node 'h': h = matmul(X, W): shapes (32, 100) and (50, 10) "
                            "do not align (100 != 50)"),
         ("undefined_name", "undefined_name.toml: node 'h': undefined name 'V'"),
