@@ -38,7 +38,8 @@ FIT_KEYWORDS = ("iterations", "log_every", "epochs", "batch_size", "shuffle", "s
 FLOAT_TYPES = {1: "float32", 11: "float64"}  # ONNX TensorProto element types graphc computes in
 # Ops that end a layer: the spec gives their result a line of its own instead of writing it inside its consumer.
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "log_softmax")
-INLINE_CHARS = 72  # a single-use value is written inside its consumer when its text is at most this long
+INLINE_CHARS = 72
+DEFAULT_DIM = 32  # a named dimension's [dims] default when --dim NAME=SIZE gives none  # a single-use value is written inside its consumer when its text is at most this long
 
 
 class OnnxMissing(CommandError):
@@ -209,6 +210,7 @@ class Imported:
     outputs: list
     names: Names
     dims: dict = field(default_factory=dict)  # named dimension -> default size (from --dim NAME=SIZE)
+    dim_names: dict = field(default_factory=dict)  # named dimension -> its ONNX dim_param
     described: dict = field(default_factory=dict)  # graph node -> "ONNX: <value> (<op> node <name>)"
     opset: tuple = (0, 0)  # (the model's opset, the one it was converted to)
     producer: str = ""
@@ -275,7 +277,7 @@ class Importer:
             if v in self.names.onnx and self.g.nx.nodes[v]["op"] not in ("input", "param", "const"):
                 self.described.setdefault(v, f"ONNX: {self.names.onnx[v]}")
         producer = " ".join(x for x in (self.model.producer_name, self.model.producer_version) if x)
-        return Imported(self.g, self.values, outputs, self.names, self.dims, self.described,
+        return Imported(self.g, self.values, outputs, self.names, self.dims, dict(self.named_dims), self.described,
                         (self.source_opset, opset_version(self.model)), producer)
 
     def where(self) -> str:
@@ -714,13 +716,12 @@ class SpecWriter:
         ]
         named = sorted({d for v in g.inputs for d in G.nodes[v]["shape"] if isinstance(d, str)})
         if named:
-            lines.append("[dims]  # default sizes of the named dimensions (where a concrete size is needed)")
+            lines.append("[dims]  # default sizes, for running the module as a script; predict and Trainer take any")
+            rows = []
             for d in named:
-                if d in imp.dims:
-                    lines.append(f"{d} = {imp.dims[d]}")
-                else:
-                    lines.append(f"# {d} = 32")
-            lines.append("")
+                onnx_name = self.imp.dim_names.get(d, d)
+                rows.append((f"{d} = {imp.dims.get(d, DEFAULT_DIM)}", f"ONNX: {onnx_name}" if onnx_name != d else None))
+            lines += align(rows) + [""]
         lines.append("[inputs]")
         rows = []
         for v in g.inputs:

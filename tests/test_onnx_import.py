@@ -164,7 +164,7 @@ def test_external_data_is_read_from_beside_the_model_and_never_written(tmp_path)
                     location="big.onnx.data", size_threshold=0)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert "big.onnx.data" in before and len(before["big.onnx"]) < 1000
-    spec, mod = import_and_compile(tmp_path / "big.onnx", tmp_path, "--dim", "N=8")
+    spec, mod = import_and_compile(tmp_path / "big.onnx", tmp_path)  # [dims] N = 32, the default
     ref = reference("mlp")
     np.testing.assert_allclose(mod.predict(mod.init_params(), ref["in0_8"]), ref["out0_8"], rtol=1e-5, atol=1e-6)
     for name, data in before.items():
