@@ -9,7 +9,7 @@ import graphc as gc
 from graphc import ops
 from graphc.autodiff import adjoint
 from graphc.codegen import environment
-from gradcheck import check_gradients, random_params
+from gradcheck import check_gradients, random_inputs, random_params
 from test_memory import assert_trainer_matches_value_and_grad
 
 def log_softmax_ref(x, axis=-1):  # torch.nn.functional.log_softmax: x - log(sum(exp(x)))
@@ -381,3 +381,75 @@ def test_every_new_op_is_covered_by_the_allocation_test():
     for g, _ in every_op_graphs():
         used |= {op for _, op in g.nx.nodes(data="op")}
     assert new <= used, new - used
+
+
+# ---- named dimensions end to end: one module, any batch size ---------------------------------------------
+
+def named_dim_graph():
+    """Every reduction over the named batch dimension N: mse's and cross_entropy's means, mean(axis=0), the
+    bias gradient summed over N, and bce's mean over N * C."""
+    g = gc.Graph("named")
+    X, y, T = g.input("X", ("N", 4)), g.input("y", ("N",), dtype="int64"), g.input("T", ("N", 3))
+    W, b = g.param("W", (4, 3)), g.param("b", (3,))
+    logits = gc.add(X @ W, b, name="logits")
+    loss = (gc.cross_entropy(logits, y) + gc.mse(gc.sigmoid(logits), T)
+            + gc.binary_cross_entropy_with_logits(logits, T)
+            + gc.sum(gc.mean(logits * logits, axis=0)) + gc.mean(gc.log_softmax(logits)) / 3.0)
+    return g, gc.add(loss, 0.0, name="loss")
+
+
+def named_reference(X, y, T, W, b):
+    logits = X @ W + b
+    return (cross_entropy_ref(logits, y) + np.mean((1 / (1 + np.exp(-logits)) - T) ** 2)
+            + bce_ref(logits, T) + np.sum(np.mean(logits * logits, axis=0)) + np.mean(log_softmax_ref(logits)) / 3)
+
+
+def test_named_batch_dimension_runs_at_any_size():
+    g, loss = named_dim_graph()
+    assert g["logits"].shape == ("N", 3)
+    mod = gc.compile(g, loss=loss, outputs=["logits"], dims={"N": 8}).load()
+    params = random_params(mod)
+    trainer = mod.Trainer({k: v.copy() for k, v in params.items()}, lr=1e-3)
+    for n in (5, 2, 5, 1):  # a size seen before reuses its workspace
+        inputs = random_inputs(mod, seed=n, dims={"N": n})
+        value = mod.loss(params, *inputs)
+        assert value == pytest.approx(named_reference(*inputs, params["W"], params["b"]), rel=1e-12)
+        check_gradients(mod, params, inputs)  # the mean's gradients divide by the run-time n
+        assert mod.predict(params, inputs[0]).shape == (n, 3)
+        _, grads = mod.value_and_grad(trainer.params, *inputs)
+        expected = {k: trainer.params[k] - 1e-3 * grads[k] for k in params}
+        trainer.step(*inputs)
+        for k in params:
+            np.testing.assert_allclose(trainer.params[k], expected[k], rtol=1e-12, atol=1e-15)
+
+
+def test_named_dim_gradient_sizes_are_read_at_run_time():
+    g, loss = named_dim_graph()
+    backward = gc.compile(g, loss=loss, dims={"N": 8}).source.split("def value_and_grad")[1].split("# ---- backward")[1]
+    assert "/ N\n" in backward and "/ (N * 3)\n" in backward  # the means' gradients divide by the bound sizes
+
+def test_transpose_output_and_gradient_through_a_forward_view():
+    g = gc.Graph("views")
+    W = g.param("W", (3, 2))
+    X = g.input("X", (3, 4))
+    Wt = gc.transpose(W, name="Wt")
+    prod = gc.mul(gc.sum(Wt, axis=1, keepdims=True), Wt, name="prod")  # the backward reads Wt, a view
+    loss = gc.sum(gc.matmul(prod, X), name="loss")
+    mod = gc.compile(g, loss=loss, outputs=[Wt, "prod"]).load()
+    params, inputs = random_params(mod), random_inputs(mod)
+    wt, p = mod.predict(params)  # the outputs need no input
+    np.testing.assert_array_equal(wt, params["W"].T)
+    np.testing.assert_allclose(p, params["W"].T.sum(axis=1, keepdims=True) * params["W"].T, rtol=1e-14)
+    check_gradients(mod, params, inputs)
+    assert_trainer_matches_value_and_grad(mod, params, inputs)
+
+
+def test_a_param_whose_gradient_is_a_transpose_gets_its_own_array():
+    g = gc.Graph("tgrad")
+    W = g.param("W", (3, 2))
+    loss = gc.mse(gc.transpose(W), g.input("t", (2, 3)), name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    params, inputs = random_params(mod), random_inputs(mod)
+    grads = check_gradients(mod, params, inputs)
+    assert grads["W"].shape == (3, 2) and grads["W"].flags.owndata
+    assert_trainer_matches_value_and_grad(mod, params, inputs)
