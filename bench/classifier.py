@@ -359,7 +359,9 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--rounds", type=int, default=7, help="epochs per variant, interleaved (median taken)")
     args = parser.parse_args(argv)
-    print(f"numpy {np.__version__}; one epoch of 1437 rows; median of {args.rounds} interleaved rounds; "
+    threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
+    print(f"numpy {np.__version__}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {threads or ''}")
+    print(f"one epoch of 1437 rows; median of {args.rounds} interleaved rounds; "
           "'x graphc' is the variant's time over graphc's (> 1: graphc is faster)\n")
     rows = []
     with tempfile.TemporaryDirectory(prefix="graphc-bench-") as directory:

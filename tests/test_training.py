@@ -255,6 +255,48 @@ def test_spec_train_section_sets_the_optimizer(tmp_path):
     assert mod.HYPERPARAMS == {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.2}
 
 
+@pytest.mark.parametrize("kw, reference", [
+    ({"optimizer": "adam", "lr": 0.01, "weight_decay": 0.01}, Adam(lr=0.01, weight_decay=0.01)),
+    ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True}, SGD(lr=0.05, momentum=0.9, nesterov=True)),
+], ids=["adam", "sgd"])
+def test_float32_optimizer_state_stays_float32(kw, reference):
+    mod = compile_mlp(dtype="float32", **kw)
+    params = random_params(mod, seed=2)
+    expected = {k: v.astype(np.float64) for k, v in params.items()}
+    trainer = mod.Trainer(copy(params))
+    for X, y in batches(mod, 4):
+        X, y = X.astype(np.float32), y.astype(np.float32)
+        reference.update(expected, {k: g.astype(np.float64) for k, g in mod.value_and_grad(
+            {k: v.astype(np.float32) for k, v in expected.items()}, X, y)[1].items()})
+        trainer.step(X, y)
+    assert all(v.dtype == np.float32 for v in trainer.params.values())
+    assert all(v.dtype in (np.float32, np.int64) or v.ndim == 0 for v in trainer.state_dict().values())
+    assert_params_close(trainer.params, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_check_finite_leaves_the_optimizer_state_as_it_was():
+    """A refused step changes nothing: not the params, not Adam's moments, not the step count."""
+    mod = compile_mlp(optimizer="adam", lr=0.01)
+    params = random_params(mod, seed=2)
+    (X, y), (X2, y2) = batches(mod, 2)
+    trainer = mod.Trainer(copy(params), check_finite=True)
+    trainer.step(X, y)
+    before = {k: v.copy() for k, v in trainer.state_dict().items()}
+    bad = X2.copy()
+    bad[0, 0] = np.inf
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="step 2"):
+        trainer.step(bad, y2)
+    assert trainer.steps == 1
+    after = trainer.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    reference = mod.Trainer(copy(params))
+    reference.step(X, y)
+    reference.step(X2, y2)
+    trainer.step(X2, y2)
+    assert_params_close(trainer.params, reference.params, rtol=1e-14)
+
+
 # ---- apply_gradients: step's update on gradients computed elsewhere ----------------------------------------------
 
 @pytest.mark.parametrize("kw", [
