@@ -33,8 +33,6 @@ SUPPORTED = (
     "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log",
     "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "Transpose", "Identity", "Flatten", "Constant",
 )
-# Keyword arguments of Trainer.fit (sections 4 and 11): an input of one of these names gets a trailing "_".
-FIT_KEYWORDS = ("iterations", "log_every", "epochs", "batch_size", "shuffle", "seed")
 FLOAT_TYPES = {1: "float32", 11: "float64"}  # ONNX TensorProto element types graphc computes in
 # Ops that end a layer: the spec gives their result a line of its own instead of writing it inside its consumer.
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "log_softmax")
@@ -251,7 +249,7 @@ class Importer:
         self.dtype = self.model_dtype(inputs)
         live = self.live_nodes()
         for v in inputs:
-            self.names.add(v.name, reserved=FIT_KEYWORDS + tuple(INPUT_RESERVED))
+            self.names.add(v.name, reserved=INPUT_RESERVED)  # Trainer.fit's keywords: "epochs" -> "epochs_"
         for t in graph.initializer:
             if t.name in self.used:
                 self.names.add(t.name)
@@ -269,8 +267,8 @@ class Importer:
             self.node = node
             try:
                 self.translate(node)
-            except GraphcError as err:
-                err.message = f"{self.where()}: {err.message}"
+            except GraphcError as err:  # located at the ONNX node, not at graphc's name for its value
+                err.message, err.node = f"{self.where()}: {err.message}", None
                 raise
         outputs = self.outputs()
         for v in self.g.nx:
@@ -354,8 +352,12 @@ class Importer:
             if size < 1:
                 raise ShapeError(f"input {input_name!r} axis {axis}: size {size} is not positive")
             return size
-        name = identifier(str(value))
-        self.named_dims.setdefault(name, str(value))
+        value = str(value)
+        for name, onnx_name in self.named_dims.items():
+            if onnx_name == value:
+                return name
+        name = self.names.fresh(identifier(value))  # never a value's name: the spec keeps one namespace
+        self.named_dims[name] = value
         return name
 
     def dim_defaults(self) -> dict:
@@ -365,8 +367,8 @@ class Importer:
             head, _, axis = key.rpartition(".")
             if head and axis.isdigit():
                 raise SpecError(f"--dim {key}={value}: the model has no input {head!r} with an axis {axis}")
-            name = key if key in self.named_dims else identifier(key)
-            if name not in self.named_dims:
+            name = next((n for n, onnx_name in self.named_dims.items() if key in (n, onnx_name)), None)
+            if name is None:
                 known = ", ".join(sorted(self.named_dims)) or "none"
                 raise SpecError(f"--dim {key}={value}: no input has a dimension named {key!r} "
                                 f"(named dimensions: {known})")

@@ -398,3 +398,31 @@ def test_import_graphc_does_not_import_onnx_and_a_missing_onnx_is_one_line(tmp_p
         assert result.stderr == ("graphc: error: ONNX import and export need the onnx package: install the extra: "
                                  "pip install 'graphc[onnx]'\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "s.toml"]
+
+
+def test_a_dim_param_named_like_a_value_is_renamed(tmp_path):
+    W = np.arange(6, dtype=np.float32).reshape(3, 2)
+    model = make_model([helper.make_node("Gemm", ["N", "W"], ["Y"])], [vi("N", ["N", 3])], [vi("Y", ["N", 2])],
+                       [init("W", W)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    spec, mod = import_and_compile(tmp_path / "m.onnx", tmp_path, "--dim", "N=5")
+    assert 'N = ["N_2", 3]' in spec.read_text() and "N_2 = 5  # ONNX: N" in spec.read_text()
+    x = np.ones((4, 3), np.float32)
+    np.testing.assert_allclose(mod.predict(mod.init_params(), x), x @ W)
+
+
+def test_a_params_file_that_does_not_match_is_one_line_naming_the_param(tmp_path):
+    spec = tmp_path / "mlp.toml"
+    assert main(["import", str(FIXTURES / "mlp.onnx"), "-o", str(spec)]) == 0
+    with np.load(tmp_path / "mlp.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez(tmp_path / "mlp.npz", **{k: v for k, v in arrays.items() if k != "fc2_bias"})
+    result = graphc("compile", "mlp.toml", "-o", "m.py", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "fc2_bias" in result.stderr
+    np.savez(tmp_path / "mlp.npz", **{**arrays, "fc2_bias": np.zeros(7, np.float32)})
+    result = graphc("compile", "mlp.toml", "-o", "m.py", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "fc2_bias" in result.stderr
+    (tmp_path / "mlp.npz").unlink()
+    result = graphc("compile", "mlp.toml", "-o", "m.py", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "mlp.npz" in result.stderr
+    assert not (tmp_path / "m.py").exists()
