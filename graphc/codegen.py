@@ -181,6 +181,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
                 "dims": workspace_dims,
                 "body": [r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with) for p in ws.body],
                 "updates": [u.grad for u in ws.updates],
+                "own": opt.own and all(u.inplace for u in ws.updates),
             },
         )
         step = context["trainer"]
