@@ -119,15 +119,14 @@ def uses_external_data(tensor) -> bool:
 
 
 def load_external_data(model, base: Path) -> None:
-    onnx = onnx_module()
-    from onnx.external_data_helper import load_external_data_for_model
+    """Read the weights a model keeps in files beside it into the model (onnx refuses paths outside ``base``)."""
     if not any(uses_external_data(t) for t in model.graph.initializer):
         return
+    from onnx.external_data_helper import load_external_data_for_model
     try:
         load_external_data_for_model(model, str(base))
     except Exception as err:
         raise SpecError(f"cannot read the model's external data: {first_line(err)}") from None
-    del onnx
 
 
 def external_files(model_path: Path) -> list[Path]:
@@ -170,7 +169,7 @@ def identifier(name: str) -> str:
         text = "v"
     if text[0].isdigit():
         text = "v" + text
-    if keyword.iskeyword(text) or keyword.issoftkeyword(text):
+    if keyword.iskeyword(text):
         text += "_"
     return text
 
@@ -246,8 +245,8 @@ class Importer:
         graph = self.model.graph
         self.initializers = {t.name: t for t in graph.initializer}
         inputs = [v for v in graph.input if v.name not in self.initializers]  # IR-3: an input with a value is a param
-        self.dtype = self.model_dtype(inputs)
         live = self.live_nodes()
+        self.dtype = self.model_dtype(inputs)
         for v in inputs:
             self.names.add(v.name, reserved=INPUT_RESERVED)  # Trainer.fit's keywords: "epochs" -> "epochs_"
         for t in graph.initializer:
@@ -291,7 +290,7 @@ class Importer:
                                 f"whose inputs are float32 or float64 tensors (axes and shapes must be constants)")
             types.append(FLOAT_TYPES[elem])
         for t in self.model.graph.initializer:
-            if t.data_type in FLOAT_TYPES:
+            if t.data_type in FLOAT_TYPES and t.name in self.used:
                 types.append(FLOAT_TYPES[t.data_type])
         if len(set(types)) > 1:
             raise SpecError(f"the model mixes element types {sorted(set(types))}: graphc computes in one")
@@ -347,7 +346,7 @@ class Importer:
         return tuple(shape)
 
     def dim(self, value, input_name, axis):
-        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        if isinstance(value, int) or re.fullmatch(r"[+-]?\d+", str(value).strip()):
             size = int(value)
             if size < 1:
                 raise ShapeError(f"input {input_name!r} axis {axis}: size {size} is not positive")
