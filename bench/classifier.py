@@ -168,8 +168,8 @@ class NumpyAdamInPlace:
         X, y, h, mask, dh, logits = w["X"], w["y"], w["h"], w["mask"], w["dh"], w["logits"]
         rowmax, total, picked, flat = w["rowmax"], w["total"], w["picked"], w["flat"]
         n = len(idx)
-        np.take(Xall, idx, axis=0, out=X)
-        np.take(yall, idx, out=y)
+        np.take(Xall, idx, axis=0, out=X, mode="clip")  # mode="raise" (the default) copies through a buffer
+        np.take(yall, idx, out=y, mode="clip")
         np.matmul(X, p["W1"], out=h)
         h += p["b1"]
         np.maximum(h, 0, out=h)
@@ -272,9 +272,9 @@ def jax_epoch(H, batch, dtype, params, X, y):
         return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
 
     @jax.jit
-    def update(state, X, y):
+    def update(state, X, y, idx):  # the batch is gathered inside the jitted step (one trace per batch size)
         p, m, v, t = state
-        loss, grads = jax.value_and_grad(loss_fn)(p, X, y)
+        loss, grads = jax.value_and_grad(loss_fn)(p, X[idx], y[idx])
         t = t + 1
         b1, b2 = BETAS
         m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
@@ -292,8 +292,7 @@ def jax_epoch(H, batch, dtype, params, X, y):
     def epoch():
         order = rng.permutation(len(X))
         for i in range(0, len(X), batch):
-            idx = jnp.asarray(order[i:i + batch])
-            state[0], loss = update(state[0], jX[idx], jy[idx])
+            state[0], loss = update(state[0], jX, jy, order[i:i + batch])
         loss.block_until_ready()
 
     return epoch
