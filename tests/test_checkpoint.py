@@ -303,3 +303,17 @@ def test_load_params_names_the_first_mismatch(adam_mod, tmp_path, edit, name, no
     assert re.search(rf"\b{name}\b", message), message
     if not_named:
         assert not re.search(rf"\b{not_named}\b", message), message
+
+
+def test_params_file_and_checkpoint_are_not_mixed_up(adam_mod, tmp_path):
+    """A params file is no checkpoint (no optimizer state) and a checkpoint is no params file (more than PARAMS)."""
+    trainer = trained(adam_mod, 2)
+    params_file, checkpoint = tmp_path / "params.npz", tmp_path / "ckpt.npz"
+    adam_mod.save_params(trainer.params, params_file)
+    trainer.save(checkpoint)
+    before = copy(trainer.state_dict())
+    with pytest.raises(ValueError):
+        trainer.load(params_file)
+    assert_untouched(trainer, before, 2)
+    with pytest.raises(ValueError):
+        adam_mod.load_params(checkpoint)
