@@ -13,6 +13,7 @@ import sys
 import textwrap
 import tracemalloc
 import uuid
+from functools import partial
 
 import numpy as np
 import pytest
@@ -158,36 +159,37 @@ def run_against_reference(mod, reference, overrides, steps=6):
 # ---- optimizers: torch.optim's algorithms and defaults -----------------------------------------------------------
 
 OPTIMIZER_CASES = [
-    # (compile keywords, Trainer keyword overrides, reference)
-    ({"optimizer": "sgd", "lr": 0.05}, {}, SGD(lr=0.05)),
-    ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}, {}, SGD(lr=0.05, momentum=0.9)),
+    # (compile keywords, Trainer keyword overrides, reference optimizer: a fresh one per test)
+    ({"optimizer": "sgd", "lr": 0.05}, {}, partial(SGD, lr=0.05)),
+    ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}, {}, partial(SGD, lr=0.05, momentum=0.9)),
     ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.8, "dampening": 0.5, "weight_decay": 0.01}, {},
-     SGD(lr=0.05, momentum=0.8, dampening=0.5, weight_decay=0.01)),
+     partial(SGD, lr=0.05, momentum=0.8, dampening=0.5, weight_decay=0.01)),
     ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.02}, {},
-     SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.02)),
-    ({"optimizer": "adam"}, {}, Adam()),
+     partial(SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.02)),
+    ({"optimizer": "adam"}, {}, partial(Adam)),
     ({"optimizer": "adam", "lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-4, "weight_decay": 0.1}, {},
-     Adam(lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1)),
-    ({"optimizer": "adamw"}, {}, AdamW()),
+     partial(Adam, lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1)),
+    ({"optimizer": "adamw"}, {}, partial(AdamW)),
     ({"optimizer": "adamw", "lr": 0.01, "betas": (0.85, 0.95), "weight_decay": 0.5}, {},
-     AdamW(lr=0.01, betas=(0.85, 0.95), weight_decay=0.5)),
+     partial(AdamW, lr=0.01, betas=(0.85, 0.95), weight_decay=0.5)),
     # run-time overrides: Trainer(params, **hyperparams)
     ({"optimizer": "sgd", "lr": 0.05}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
-     SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
-    ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}, {"momentum": 0.0, "lr": 0.1}, SGD(lr=0.1)),
-    ({"optimizer": "sgd", "lr": 0.05}, {"momentum": 0.7, "dampening": 0.3}, SGD(lr=0.05, momentum=0.7, dampening=0.3)),
+     partial(SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}, {"momentum": 0.0, "lr": 0.1}, partial(SGD, lr=0.1)),
+    ({"optimizer": "sgd", "lr": 0.05}, {"momentum": 0.7, "dampening": 0.3},
+     partial(SGD, lr=0.05, momentum=0.7, dampening=0.3)),
     ({"optimizer": "adam"}, {"lr": 0.02, "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.05},
-     Adam(lr=0.02, betas=(0.5, 0.9), eps=1e-3, weight_decay=0.05)),
-    ({"optimizer": "adamw", "lr": 0.01}, {"weight_decay": 0.0}, AdamW(lr=0.01, weight_decay=0.0)),
+     partial(Adam, lr=0.02, betas=(0.5, 0.9), eps=1e-3, weight_decay=0.05)),
+    ({"optimizer": "adamw", "lr": 0.01}, {"weight_decay": 0.0}, partial(AdamW, lr=0.01, weight_decay=0.0)),
     ({"optimizer": "adamw", "lr": 0.01}, {"weight_decay": 0.3, "betas": [0.7, 0.9]},
-     AdamW(lr=0.01, weight_decay=0.3, betas=(0.7, 0.9))),
+     partial(AdamW, lr=0.01, weight_decay=0.3, betas=(0.7, 0.9))),
 ]
 
 
 @pytest.mark.parametrize("kw, overrides, reference", OPTIMIZER_CASES,
                          ids=[f"{kw}-{ov}" for kw, ov, _ in OPTIMIZER_CASES])
 def test_optimizer_matches_torch_algorithm(kw, overrides, reference):
-    run_against_reference(compile_mlp(**kw), reference, overrides)
+    run_against_reference(compile_mlp(**kw), reference(), overrides)
 
 
 def test_a_wrong_algorithm_is_caught():
