@@ -77,7 +77,8 @@ def is_int(v) -> bool:
 
 
 AXIS = Check(lambda v: v is None or is_int(v) or isinstance(v, tuple) and all(is_int(a) for a in v),
-             "an int, a tuple of ints or None", lambda v: v if v is None or isinstance(v, tuple) else int(v))
+             "an int, a tuple of ints or None", lambda v: v if v is None else tuple(map(int, v)) if isinstance(v, tuple)
+             else int(v))
 ONE_AXIS = Check(is_int, "an int", int)
 BOOL = Check(lambda v: isinstance(v, bool), "True or False")
 NUMBER = Check(lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
