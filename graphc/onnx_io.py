@@ -654,58 +654,47 @@ class SpecWriter:
         return data["op"] == "const" or data["op"] not in ACTIVATIONS
 
     def operand(self, u, need: int) -> str:
+        """How operand ``u`` is written inside an expression whose operator binds at ``need``."""
         data = self.G.nodes[u]
         if data["op"] == "const":
-            value = float(data["attrs"]["value"])
-            return repr(value) if value >= 0 or need <= 3 else f"({value!r})"
+            return repr(float(data["attrs"]["value"]))  # -0.5 binds tighter than any operator: x * -0.5
         if u not in self.inline:
             return u
-        text, prec = self.expression(u)
+        text, prec = self.texts[u]
         return text if prec >= need else f"({text})"
 
     def expression(self, v) -> tuple[str, int]:
         """How node ``v`` is written, and its precedence (1: + -, 2: * / @, 3: unary -, 4: a call or a name)."""
-        if v in self.texts:
-            return self.texts[v]
         data = self.G.nodes[v]
         args = operands(self.G, v)
         op = data["op"]
         if op in INFIX:
             symbol, prec = INFIX[op]
-            text = f"{self.operand(args[0], prec)} {symbol} {self.operand(args[1], prec + 1)}"
-        elif op == "neg":
-            prec, text = 3, "-" + self.operand(args[0], 3)
-        else:
-            from .ops import OPS
-            defaults = OPS[op].defaults if op in OPS else {}
-            attrs = [f"{k}={literal(val)}" for k, val in data.get("attrs", {}).items()
-                     if k not in defaults or defaults[k] != val]
-            prec, text = 4, f"{op}({', '.join([self.operand(a, 0) for a in args] + attrs)})"
-        self.texts[v] = (text, prec)
-        if v in self.inline and len(text) > INLINE_CHARS:
-            self.inline.discard(v)  # too long to read inside another expression: a line of its own
-        return text, prec
+            return f"{self.operand(args[0], prec)} {symbol} {self.operand(args[1], prec + 1)}", prec
+        if op == "neg":
+            return "-" + self.operand(args[0], 3), 3
+        from .ops import OPS
+        defaults = OPS[op].defaults if op in OPS else {}
+        attrs = [f"{k}={literal(val)}" for k, val in data.get("attrs", {}).items()
+                 if k not in defaults or defaults[k] != val]
+        return f"{op}({', '.join([self.operand(a, 0) for a in args] + attrs)})", 4
 
     def lines(self) -> list[str]:
-        out = []
-        for v in topo_order(self.G):
-            if self.G.nodes[v]["op"] in ("input", "param", "const") or v in self.inline:
+        """One ``name = "expression"`` row per value that is not written inside its consumer."""
+        rows = []
+        for v in topo_order(self.G):  # operands first: whether each is inlined is settled before its consumer
+            if self.G.nodes[v]["op"] in ("input", "param", "const"):
                 continue
-            self.expression(v)
-        # A value dropped from the inline set makes its consumers' texts stale: render them again.
-        self.texts = {}
-        for v in topo_order(self.G):
-            if self.G.nodes[v]["op"] in ("input", "param", "const") or v in self.inline:
-                continue
-            text, _ = self.expression(v)
-            note = self.imp.described.get(v)
-            out.append((f"{v} = {toml_string(text)}", note))
-        return align(out)
+            self.texts[v] = self.expression(v)
+            if v in self.inline and len(self.texts[v][0]) > INLINE_CHARS:
+                self.inline.discard(v)  # too long to read inside another expression: a line of its own
+            if v not in self.inline:
+                rows.append((f"{v} = {toml_string(self.texts[v][0])}", self.imp.described.get(v)))
+        return align(rows)
 
     def text(self, spec_name: str, npz_name: str, command: str) -> str:
         imp, G = self.imp, self.G
         g = imp.graph
-        names = imp.names
         lines = [
             f"# Imported by graphc {__version__} from an ONNX model"
             + (f" made by {comment(imp.producer)}" if imp.producer else "")
@@ -752,7 +741,6 @@ class SpecWriter:
                 '# optimizer = "adam"',
                 "# lr = 1e-3",
             ]
-        del names
         return "\n".join(lines) + "\n"
 
     def renamed(self, v) -> str | None:
@@ -770,10 +758,11 @@ class SpecWriter:
             (logits,) = operands(self.G, out)
             if logits not in self.inline and self.G.nodes[logits]["op"] not in ("param", "const"):
                 out = logits
-        target = Namer(taken)("labels" if len(shape) == 2 else "target")
+        classes = len(shape) == 2 and shape[1] != 1
+        target = Namer(taken)("labels" if classes else "target")
         loss = Namer(taken | {target})("loss")
         dim = lambda d: toml_string(d) if isinstance(d, str) else str(d)  # noqa: E731
-        if len(shape) == 2:
+        if classes:
             return (f"{target} = {{ shape = [{dim(shape[0])}], dtype = \"int64\" }}",
                     f"{loss} = \"cross_entropy({out}, {target})\"")
         return (f"{target} = [{', '.join(dim(d) for d in shape)}]", f"{loss} = \"mse({out}, {target})\"")
