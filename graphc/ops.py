@@ -1,6 +1,8 @@
 """The op table. Find an op here and you find its shape rule, its gradient rule and its template side by side.
 
-A shape rule maps the operand shapes (and the attrs) to the result shape, raising ShapeError.
+A shape rule maps the operand shapes (and the attrs) to the result shape, raising ShapeError. A dimension is an int
+or a name ("N", sized at run time): equal names are equal, and a name is never provably equal to an int or to
+another name. An op with integer operands (``int_operands``) also gets the positions that are integer.
 A gradient (VJP) rule builds adjoint-graph nodes through the builder ``b`` (see autodiff.py): given the forward
 node ``v``, its operands ``xs`` (forward node names) and ``g``, the adjoint of ``v``, it returns one gradient per
 operand, already summed back to that operand's shape. Nothing here touches arrays.
@@ -23,7 +25,7 @@ class Op:
     arity: int | None  # None: any number of operands
     shape: Callable
     vjp: Callable | None = None
-    attrs: dict = field(default_factory=dict)  # attr name -> allowed values (tuple) or a type
+    attrs: dict = field(default_factory=dict)  # attr name -> allowed strings (tuple), a Check, or a type (internal)
     defaults: dict = field(default_factory=dict)
     public: bool = True  # usable in specs and the builder; the others only appear in adjoint graphs
     inline: bool = False  # rendered inside its consumers' expressions, never as a statement of its own
