@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, inspect
-from .compiler import compile, write_atomic
+from .compiler import BACKENDS, compile, write_atomic
 from .errors import GraphcError
 from .onnx_io import add_commands as onnx_commands
 from .graph import DTYPES
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float, help="learning rate (default: the spec's [train] lr)")
     c.add_argument("--dtype", **DTYPE)
     c.add_argument("--dim", **DIM)
+    c.add_argument("--backend", choices=BACKENDS, default="numpy",
+                   help="numpy (default), or cupy: the module's arrays live on the GPU, with fused kernels")
     c.set_defaults(run=run_compile)
 
     s = commands.add_parser(
@@ -87,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compile_spec(spec, source: str, command: str | None = None, lr: float | None = None, dims=()):
-    options = spec.options(dims={**spec.dims, **dict(dim_option(d) for d in dims)})
+def compile_spec(spec, source: str, command: str | None = None, lr: float | None = None, dims=(),
+                 backend: str = "numpy"):
+    options = spec.options(dims={**spec.dims, **dict(dim_option(d) for d in dims)}, backend=backend)
     if lr is not None:
         options["lr"] = lr
     return compile(spec.graph, **options, source=source, command=command)
@@ -104,7 +107,9 @@ def run_compile(args) -> int:
         command += ["--dtype", args.dtype]
     for d in args.dim:
         command += ["--dim", d]
-    module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr, dims=args.dim)
+    if args.backend != "numpy":
+        command += ["--backend", args.backend]
+    module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr, dims=args.dim, backend=args.backend)
     module.save(out)
     print(f"graphc: wrote {out}" + (f" and {out.with_suffix('.npz')}" if module.init_values else ""))
     return 0

@@ -11,13 +11,13 @@ from pathlib import Path
 import black
 import jinja2
 
-from . import optim
+from . import fusion, optim
 from .graph import describe, dim_names, operands, topo_order
 from .ops import OPS
 from .schedule import Schedule
 
 # The names the generated functions use for their own purposes. If a user name takes one, ours is renamed.
-COMPILER_NAMES = ("np", "params", "self", "dims")
+COMPILER_NAMES = ("np", "cp", "params", "self", "dims")
 
 
 def template_dir() -> Path:
@@ -69,9 +69,9 @@ def sum_to_attrs(in_shape, axis, shape) -> dict:
 class Renderer:
     """Writes nodes of the forward graph ``G`` and the adjoint graph ``A`` with the op macros of ops.j2."""
 
-    def __init__(self, G, A, np_name: str):
+    def __init__(self, G, A, np_name: str, backend: str = "numpy"):
         self.graphs = {"forward": G, "backward": A}
-        self.ops = environment().get_template("ops.j2").make_module({"np": np_name})
+        self.ops = environment().get_template("ops.j2").make_module({"np": np_name, "backend": backend})
         self.text = {}  # (graph, node) -> how an operand is written: a variable, a literal or an inline view
         for key, graph in self.graphs.items():
             for v in topo_order(graph) if graph is not None else ():
@@ -140,7 +140,8 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     G, A = sched.G, sched.A
     dims = G.graph.get("dims", {})
     names = compiler_names(set(G) | set(A or ()) | set(dims))
-    r = Renderer(G, A, names["np"])
+    xp = names["cp"] if backend == "cupy" else names["np"]  # the array module of the generated functions
+    r = Renderer(G, A, xp, backend)
 
     def function(fn, extra=()):
         body = [r.statement(s) for s in fn.body]
@@ -179,11 +180,13 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
             trainer={
                 "buffers": buffers,
                 "dims": workspace_dims,
-                "body": [r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with) for p in ws.body],
+                "body": trainer_body(sched, r, backend),
                 "updates": [u.grad for u in ws.updates],
                 "own": opt.own and all(u.inplace for u in ws.updates),
             },
         )
+        if backend == "cupy":
+            context["kernels"] = list(fused(sched).values())
         step = context["trainer"]
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
     return environment().get_template("module.py.j2").render(**context)
@@ -193,6 +196,38 @@ def buffer(index):
     if isinstance(index, tuple):  # several temporaries (ops.Op.scratches): a list of names
         return [buffer(i) for i in index]
     return None if index is None else f"_buf{index}"
+
+
+def kernel_macros():
+    return environment().get_template("kernels.j2").make_module()
+
+
+def fused(sched):
+    """The CuPy backend's fused kernels of Trainer.step, keyed by the index of their first statement."""
+    macros = kernel_macros()
+    return fusion.kernels(sched, macros, {name for name in OPS if hasattr(macros, name)})
+
+
+def trainer_body(sched, r: "Renderer", backend: str) -> list[dict]:
+    """Trainer.step's statements into the workspace; on the CuPy backend each fused chain is one kernel call."""
+    ws = sched.workspace
+    kernels = fused(sched) if backend == "cupy" else {}
+    body, skip = [], 0
+    for i, p in enumerate(ws.body):
+        if skip:
+            skip -= 1
+            continue
+        k = kernels.get(i)
+        if k is None:
+            body.append(r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with))
+            continue
+        skip = len(k.nodes) - 1
+        data = r.graphs[k.graph].nodes[k.nodes[-1]]
+        via = data.get("via")
+        body.append({"graph": k.graph, "op": "fused", "equations": k.equations, "shape": shape_text(data["shape"]),
+                     "wrt": data.get("wrt"), "via": describe(r.graphs["forward"], via) if via is not None else None,
+                     "code": f"{k.nodes[-1]} = {k.name}({', '.join(k.args + [buffer(p.out)])})"})
+    return body
 
 
 def used_dims(dims: dict, body: list, extra=()) -> list[str]:

@@ -181,7 +181,7 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
     return CompiledModule(name, text, G, A, sched, init_values, train)
 
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "cupy")
 
 
 @dataclass(frozen=True)

@@ -248,10 +248,10 @@ def value_and_grad(params, X, y):
 
 
 def _check_hyperparams(hyperparams):
-    """Check hyperparameters given at run time as graphc checks them at compile time (ValueError)."""
+    """Check hyperparameters given at run time as graphc checks them at compile time."""
     for key, value in hyperparams.items():
-        if key not in HYPERPARAMS:
-            raise ValueError(
+        if key not in HYPERPARAMS:  # an unexpected keyword: a TypeError, as Python's
+            raise TypeError(
                 f"{OPTIMIZER} has no hyperparameter {key!r} (it has {', '.join(HYPERPARAMS)})"
             )
         default = HYPERPARAMS[key]
@@ -314,9 +314,8 @@ class Trainer:
             )
             for name in PARAMS
         }
-        self._workspaces = (
-            {}
-        )  # the step's buffers, one set per distinct set of dimension sizes
+        # The step's buffers, one set per distinct set of dimension sizes, allocated by its first step.
+        self._workspaces = {}
 
     def step(self, X, y):
         """One step on a batch; returns the loss before the update. It allocates no arrays on a batch size it has
@@ -368,7 +367,7 @@ class Trainer:
                 ("d loss / d W2", dW2),
                 ("d loss / d b2", db2),
             )
-        self._apply((dW1, db1, dW2, db2))
+        self._apply((dW1, db1, dW2, db2), own=True)
         return loss.item()
 
     def _workspace(self):
@@ -414,24 +413,20 @@ class Trainer:
             )
         self._apply(arrays)
 
-    def _apply(self, grads):
-        """SGD (torch.optim.SGD), in place: one update of every param from its gradient (in PARAMS order)."""
-        momentum, dampening = (
-            self.hyperparams["momentum"],
-            self.hyperparams["dampening"],
-        )
-        weight_decay, nesterov = (
-            self.hyperparams["weight_decay"],
-            self.hyperparams["nesterov"],
-        )
-        lr = self.hyperparams["lr"]
+    def _apply(self, grads, own=False):
+        """SGD (torch.optim.SGD), in place: one update of every param from its gradient (in PARAMS order).
+        own: the gradients are step()'s buffers, which the update may overwrite."""
+        hp = self.hyperparams
+        lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
+        weight_decay, nesterov = hp["weight_decay"], hp["nesterov"]
         self.steps += 1
         for name, grad in zip(PARAMS, grads):
             param = self.params[name]
             (momentum_buffer,) = self._state[name]
             tmp, tmp2 = self._scratch[name]
-            if weight_decay:  # grad + weight_decay * param
-                grad = np.add(grad, np.multiply(param, weight_decay, out=tmp), out=tmp)
+            if weight_decay:  # L2: grad + weight_decay * param
+                np.multiply(param, weight_decay, out=tmp)
+                grad = np.add(grad, tmp, out=tmp)
             if momentum:
                 if self.steps == 1:
                     np.copyto(momentum_buffer, grad)
@@ -444,7 +439,8 @@ class Trainer:
                     )
                 else:
                     grad = momentum_buffer
-            param -= np.multiply(grad, lr, out=tmp2)
+            # lr * grad: in place where grad is step()'s own buffer, dead after this (or a temporary)
+            param -= np.multiply(grad, lr, out=grad if own and not momentum else tmp2)
 
     def fit(
         self,
@@ -472,14 +468,16 @@ class Trainer:
             raise ValueError(
                 f"the state is of optimizer {str(state.get('optimizer'))!r}, this Trainer's is {OPTIMIZER!r}"
             )
-        for key in arrays:
-            if key not in state:
-                raise ValueError(f"the state has no {key!r}: it is not of this model")
+        missing = [key for key in ["steps", *arrays] if key not in state]
+        if missing:
+            raise ValueError(
+                f"the state has no {missing[0]!r}: it is not of this model"
+            )
+        for key, array in arrays.items():
             value = np.asarray(state[key])
-            if value.shape != arrays[key].shape or value.dtype != arrays[key].dtype:
+            if value.shape != array.shape or value.dtype != array.dtype:
                 raise ValueError(
-                    f"the state's {key!r} is {value.shape} {value.dtype}, "
-                    f"this model's is {arrays[key].shape} {arrays[key].dtype}"
+                    f"the state's {key!r} is {value.shape} {value.dtype}, this model's is {array.shape} {array.dtype}"
                 )
         extra = sorted(set(state) - set(arrays) - {"optimizer", "steps"})
         if extra:
@@ -513,7 +511,7 @@ def _check_finite(step, *values):
         bad = ~np.isfinite(value)
         if bad.any():
             raise FloatingPointError(
-                f"step {step}: {name} is not finite ({np.asarray(value)[bad].flat[0]}); "
+                f"step {step}: {name} is not finite ({np.asarray(value)[bad].ravel()[0]}); "
                 "the params are as they were before this step"
             )
 

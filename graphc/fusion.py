@@ -1,0 +1,100 @@
+"""The CuPy backend's fusion: chains of elementwise statements of Trainer.step that the buffer plan already puts
+in one buffer (bias + activation, an activation's gradient, ...) become one ``cupy.ElementwiseKernel`` each: one
+launch and one pass over memory instead of one per statement. The C of each op is a macro of templates/kernels.j2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .graph import describe, operands
+from .schedule import value_of
+
+# C and CUDA names a kernel parameter must not take (CuPy's own: i, _ind; the type T)
+RESERVED = frozenset("""
+auto bool break case char const continue default do double else enum exp extern float for goto if inline int log
+long max min register restrict return short signed sizeof static struct switch tanh typedef union unsigned void
+volatile while T i true false
+""".split())
+
+
+@dataclass
+class Kernel:
+    name: str  # the module-level name: _kernel_<the last node>
+    graph: str  # "forward" or "backward"
+    nodes: list[str]  # the statements it computes, in order; the last one's value is its output
+    args: list[str] = field(default_factory=list)  # the arrays it reads, as the step's variables
+    params: list[str] = field(default_factory=list)  # their names inside the kernel
+    output: str = ""
+    body: str = ""  # the C expression of the output
+    equations: list[str] = field(default_factory=list)
+
+
+def c_name(v: str) -> str:
+    return v + "_" if v in RESERVED or v.startswith("_") else v
+
+
+def kernels(sched, macros, fusible: set) -> dict[int, Kernel]:
+    """Kernels of Trainer.step's body, keyed by the index of their first statement in ``sched.workspace.body``.
+
+    A chain is a run of consecutive statements of ops in ``fusible`` (those with a macro in kernels.j2) written
+    into one buffer, each value but the last read only by the next statement; a single statement becomes a
+    kernel when its NumPy form needs several passes (a relu mask, a stable sigmoid)."""
+    graphs = {"forward": sched.G, "backward": sched.A}
+    body = sched.workspace.body
+    readers: dict[str, int] = {}
+    for p in body:
+        graph = graphs[p.graph]
+        for u in operands(graph, p.node):
+            v = value_of(graph, u)
+            readers[v] = readers.get(v, 0) + 1
+    kept = set(sched.A.graph["grads"].values()) | {sched.loss} | set(sched.outputs)
+
+    def ok(p) -> bool:
+        graph = graphs[p.graph]
+        data = graph.nodes[p.node]
+        return (data["op"] in fusible and p.out is not None and p.computed_with is None
+                and all(graph.nodes[u]["op"] == "const" or value_of(graph, u) == u for u in operands(graph, p.node)))
+
+    found, i = {}, 0
+    while i < len(body):
+        if not ok(body[i]):
+            i += 1
+            continue
+        j = i
+        while (j + 1 < len(body) and ok(body[j + 1]) and body[j + 1].out == body[i].out
+               and body[j + 1].graph == body[i].graph and body[j].node not in kept
+               and readers.get(body[j].node) == 1 and body[j].node in operands(graphs[body[j].graph], body[j + 1].node)):
+            j += 1
+        op = graphs[body[i].graph].nodes[body[i].node]["op"]
+        if j > i or op in SEVERAL_PASSES:
+            found[i] = build(graphs[body[i].graph], body[i].graph, [p.node for p in body[i:j + 1]], macros)
+        i = j + 1
+    return found
+
+
+# ops whose NumPy workspace form takes several passes over memory: worth a kernel on their own
+SEVERAL_PASSES = frozenset({"relu_grad", "sigmoid", "leaky_relu", "tanh_grad", "sigmoid_grad", "leaky_relu_grad"})
+
+
+def build(graph, key: str, nodes: list[str], macros) -> Kernel:
+    k = Kernel(f"_kernel_{nodes[-1]}", key, nodes, output=c_name(nodes[-1]))
+    inner = {}  # a fused value -> its C expression
+    for v in nodes:
+        data = graph.nodes[v]
+        args = []
+        for u in operands(graph, v):
+            if graph.nodes[u]["op"] == "const":
+                args.append(f"(T){graph.nodes[u]['attrs']['value']!r}")
+            elif u in inner:
+                args.append(f"({inner[u]})")
+            else:
+                if u not in k.args:
+                    k.args.append(u)
+                    k.params.append(c_name(u))
+                args.append(c_name(u))
+        attrs = {a: val for a, val in data["attrs"].items() if a == "negative_slope"}
+        inner[v] = str(getattr(macros, data["op"])(*args, **attrs))
+        k.equations.append(describe(graph, v))
+    k.body = inner[nodes[-1]]
+    return k
