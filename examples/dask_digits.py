@@ -60,7 +60,7 @@ def main():
             dp = DataParallelTrainer(client, module, lr=args.lr).scatter(X_train, y_train)
             print(f"{dp.rows} training rows in shards of {dp.shard_rows}")
             start = time.perf_counter()
-            losses = dp.fit(args.steps, log_every=max(1, args.steps // 6))
+            losses = dp.fit(args.steps, log_every=max(1, args.steps // 5))
             elapsed = time.perf_counter() - start
     mod = dp.module
     accuracy = np.mean(np.argmax(mod.predict(dp.params, X_test), axis=1) == y_test)
