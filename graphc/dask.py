@@ -131,9 +131,10 @@ class DataParallelTrainer:
     ``CompiledModule``. ``params``: the params dict to train, updated in place (default: the module's
     ``init_params(seed)``). ``workers``: the worker addresses to use (default: every worker of the cluster when
     ``scatter`` is called). ``timeout``: seconds a step may wait for its results before it fails (default: no
-    limit; a worker that dies fails the step at once anyway). ``trainer_overrides``: keyword arguments of the module's ``Trainer`` (``lr``,
-    ``momentum``, ``betas``, ...). ``trainer``: instead of params and overrides, a ``Trainer`` of the same module
-    to go on from (its params and optimizer state), e.g. the ``.trainer`` of a driver whose client closed.
+    limit; a worker that dies fails the step at once anyway). ``trainer_overrides``: keyword arguments of the
+    module's ``Trainer`` (``lr``, ``momentum``, ``betas``, ...). ``trainer``: instead of params and overrides, a
+    ``Trainer`` of the same module to go on from (its params and optimizer state), e.g. the ``.trainer`` of a
+    driver whose client closed.
     """
 
     def __init__(self, client, module, params=None, *, seed=0, workers=None, timeout=None, trainer=None,
@@ -152,7 +153,7 @@ class DataParallelTrainer:
         else:
             raise TypeError(f"trainer= takes a Trainer of {where} (e.g. another DataParallelTrainer's .trainer), "
                             "without params= or Trainer keyword arguments")
-        self.steps = 0  # completed data-parallel steps
+        self.steps = 0  # data-parallel steps this driver completed
         self.shard_rows: list[int] = []  # rows of each shard, in worker order
         self.workers: list[str] = []  # the worker holding each shard
         self._requested_workers = None if workers is None else list(workers)
@@ -261,8 +262,8 @@ class DataParallelTrainer:
         combined = (cut * a + (n - cut) * b) / n if mod.LOSS_REDUCTION == "mean" else a + b
         if not (np.isfinite(whole) and np.isfinite(combined)):
             return  # nothing to compare
-        rtol = float(np.finfo(mod.DTYPE).eps) ** 0.5
-        if abs(combined - whole) > rtol * max(abs(whole), abs(combined), float(np.finfo(mod.DTYPE).tiny)):
+        finfo = np.finfo(getattr(mod, "DTYPE", np.float64))
+        if abs(combined - whole) > float(finfo.eps) ** 0.5 * max(abs(whole), abs(combined), float(finfo.tiny)):
             raise ValueError(
                 f"the loss is not a {mod.LOSS_REDUCTION} over the batch rows, as the module's LOSS_REDUCTION says: "
                 f"on {n} rows it is {whole:.6g}, its parts of {cut} and {n - cut} rows combine to {combined:.6g}; "
