@@ -190,6 +190,29 @@ def test_digits_cross_entropy_int64_labels(client, tmp_path):
     assert_same_params(dp.params, ref.params)
 
 
+def test_whole_inputs_given_params_and_a_compiled_module(client, tmp_path):
+    """An input without the batch dimension goes whole to every worker; params= is trained in place; a
+    CompiledModule works as well as its saved file."""
+    g = gc.Graph("scaled")
+    X = g.input("X", ("N", 6))
+    scale = g.input("scale", (3,))  # no batch dimension
+    y = g.input("y", ("N", 3))
+    W = g.param("W", (6, 3), init="randn", scale=0.3)
+    loss = gc.mse((X @ W) * scale, y, reduction="sum", name="loss")
+    module = gc.compile(g, loss=loss, optimizer="sgd", lr=0.005, momentum=0.5, dims={"N": 8})
+    X, y = mlp_data()
+    s = np.array([0.5, 1.0, 2.0])
+    params = {"W": np.full((6, 3), 0.1)}
+    dp = DataParallelTrainer(client, module, params=params).scatter(X, scale=s, y=y)
+    assert dp.params is params and dp.shard_rows == [19, 18]
+    losses = dp.fit(6)
+    ref = dp.module.Trainer({"W": np.full((6, 3), 0.1)})
+    np.testing.assert_allclose(losses, [ref.step(X, s, y) for _ in range(6)], rtol=1e-10)
+    assert_same_params(params, ref.params)
+    saved = DataParallelTrainer(client, module.save(tmp_path / "scaled.py"))
+    assert saved.module is dp.module  # the same source: the same module, on the driver and the workers
+
+
 # ---- failures: the driver raises, the params are as after the last completed step ----
 
 def test_worker_dying_mid_step_changes_nothing(client, tmp_path):
