@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, inspect
-from .compiler import BACKENDS, compile, write_atomic
+from .compiler import BACKENDS, compile, npz_bytes, write_atomic
 from .errors import GraphcError
 from .onnx_io import add_commands as onnx_commands
 from .graph import DTYPES
@@ -110,6 +110,11 @@ def run_compile(args) -> int:
     if args.backend != "numpy":
         command += ["--backend", args.backend]
     module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr, dims=args.dim, backend=args.backend)
+    npz = out.with_suffix(".npz")
+    if module.init_values and spec.params_path and npz.resolve() == spec.params_path.resolve() \
+            and npz.read_bytes() != npz_bytes(module.init_values):
+        raise GraphcError(f"the module's params file {str(npz)!r} would replace the spec's params_file with "
+                          "other values (another dtype?): write the module elsewhere with -o")
     module.save(out)
     print(f"graphc: wrote {out}" + (f" and {out.with_suffix('.npz')}" if module.init_values else ""))
     return 0

@@ -41,7 +41,9 @@ class CompiledModule:
         param's init is "file": a failure leaves existing files as they were."""
         path = Path(path)
         if self.init_values:
-            write_atomic(path.with_suffix(".npz"), npz_bytes(self.init_values))
+            data, npz = npz_bytes(self.init_values), path.with_suffix(".npz")
+            if not (npz.is_file() and npz.read_bytes() == data):  # the spec's own params file, say: leave it be
+                write_atomic(npz, data)
         return write_atomic(path, self.source)
 
     def load(self):
@@ -152,9 +154,8 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
     if loss is not None:
         check_loss(G, loss)
     outputs = check_outputs(G, g, loss, outputs)
-    if not any(op == "param" for _, op in G.nodes(data="op")):
-        raise GraphError("the graph has no params: there is nothing to train" if loss is not None else
-                         "the graph has no params: predict() would be a constant function")
+    if loss is not None and not any(op == "param" for _, op in G.nodes(data="op")):
+        raise GraphError("the graph has no params: there is nothing to train")
     G.graph["dims"] = check_dims(G, dims)
     init_values = check_init_values(G, init_values)
     if backend not in BACKENDS:
@@ -243,6 +244,8 @@ def check_dims(G: nx.DiGraph, dims: dict | None) -> dict:
     names = dim_names(G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input")
     dims = dict(dims or {})
     for d, size in dims.items():
+        if size is None:  # no default: fine until a size is needed (the script, check, show)
+            continue
         if d not in names:
             known = ", ".join(names) or "none"
             raise GraphError(f"dims gives {d!r} a size, but no input has that dimension (named dimensions: {known})")

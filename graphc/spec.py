@@ -43,6 +43,7 @@ class Spec:
     epochs: int | None = None
     batch_size: int | None = None
     init_values: dict = field(default_factory=dict)  # the params file's arrays
+    params_path: Path | None = None  # the params file
 
     def options(self, **overrides) -> dict:
         """The keyword arguments of graphc.compile that this spec gives (``overrides`` win)."""
@@ -187,19 +188,21 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
     except GraphError as err:
         raise SpecError(err.message, node=err.node) from None
     lr = given.pop("lr", None)
+    values, params_path = params_file(data, path, g)
     return Spec(g, loss, outputs, lr, iterations, path, optimizer, given, dims, train.get("epochs"),
-                train.get("batch_size"), params_file(data, path, g))
+                train.get("batch_size"), values, params_path)
 
 
-def params_file(data: dict, path: str, g: Graph) -> dict:
-    """The arrays of the spec's params_file (relative to the spec), for the params whose init is "file"."""
+def params_file(data: dict, path: str, g: Graph) -> tuple[dict, Path | None]:
+    """The arrays of the spec's params_file (relative to the spec) for the params whose init is "file", and
+    its path."""
     wanted = [p for p in g.params if g.nx.nodes[p]["init"] == "file"]
     name = data.get("params_file")
     if name is None:
         if wanted:
             raise SpecError("init = \"file\" needs a params_file = \"<file>.npz\" at the top of the spec",
                             node=wanted[0])
-        return {}
+        return {}, None
     if not isinstance(name, str) or not name.endswith(".npz"):
         raise SpecError(f"params_file must name a .npz file, got {name!r}")
     file = Path(path).parent / name
@@ -212,7 +215,7 @@ def params_file(data: dict, path: str, g: Graph) -> dict:
     for p in wanted:
         if p not in values:
             raise SpecError(f"params_file {name!r} has no array {p!r}", node=p)
-    return {p: values[p] for p in wanted}
+    return {p: values[p] for p in wanted}, file
 
 
 def as_float(x) -> float:
