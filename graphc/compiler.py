@@ -16,7 +16,7 @@ from . import __version__, optim
 from .autodiff import adjoint, check_loss
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
-from .graph import DTYPES, Graph, Tensor, check_dtype, check_fits, dim_names, from_networkx
+from .graph import DTYPES, Graph, Tensor, check_dtype, check_fits, dim_names, from_networkx, operands, topo_order
 from .passes import optimize
 from .schedule import Schedule, schedule
 
@@ -192,7 +192,7 @@ class Training:
     optimizer: str
     hyperparams: dict  # every one, lr included
     batch_dim: str | None
-    loss_reduction: str  # "mean": the loss is a mean over the batch rows; "sum": a sum
+    loss_reduction: str | None  # "mean": the loss is a mean over the batch rows; "sum": a sum; None: neither
     iterations: int
     epochs: int | None
     batch_size: int | None
@@ -202,7 +202,7 @@ def training(G: nx.DiGraph, loss, optimizer="sgd", hyperparams=None, iterations=
              batch_size=None) -> Training:
     """How ``G`` trains to minimise ``loss``, every setting checked."""
     train = Training(optimizer, optim.hyperparams(optimizer, hyperparams or {}), batch_dim(G),
-                     loss_reduction(G, loss), check_count(iterations, "iterations"),
+                     loss_reduction(G, loss, batch_dim(G)), check_count(iterations, "iterations"),
                      None if epochs is None else check_count(epochs, "epochs"),
                      None if batch_size is None else check_count(batch_size, "batch_size"))
     if train.batch_dim is None and (epochs is not None or batch_size is not None):
@@ -266,12 +266,44 @@ def batch_dim(G: nx.DiGraph) -> str | None:
     return first
 
 
-def loss_reduction(G: nx.DiGraph, loss) -> str:
-    """"mean" when the loss is a mean over the batch rows (a loss op with reduction='mean', or mean()), else "sum"."""
-    data = G.nodes[loss]
-    if data["op"] == "mean" or data.get("attrs", {}).get("reduction") == "mean":
-        return "mean"
-    return "sum"
+LOSS_OPS = ("mse", "cross_entropy", "binary_cross_entropy_with_logits")
+
+
+def loss_reduction(G: nx.DiGraph, loss, batch: str | None) -> str | None:
+    """How the loss combines the batch's rows: "mean" (the batch's loss is the row-weighted mean of its shards'
+    losses), "sum" (their sum), or None (neither: shards cannot be combined, e.g. log(mse(...))).
+
+    A loss op or a sum/mean over the batch axis is a sum or a mean; a constant factor, a negation and a sum of
+    terms of one kind keep that kind; a term without the batch (a penalty on params) may be added to a mean (the
+    shards' weights add up to one) but not to a sum."""
+    if batch is None:
+        return None
+    free = {}  # node -> True when no batched value reaches it
+    for v in topo_order(G):
+        data = G.nodes[v]
+        free[v] = batch not in data["shape"] if data["op"] == "input" else all(free[u] for u in G.predecessors(v))
+    kind = {}  # node -> "free", "rows" (one value per row, from that row alone), "mean", "sum" or None
+    for v in topo_order(G):
+        data, args = G.nodes[v], operands(G, v)
+        op, of = data["op"], [kind[u] for u in args]
+        per_row = all(k in ("rows", "free") for k in of)
+        if free[v]:
+            kind[v] = "free"
+        elif op in LOSS_OPS:
+            kind[v] = data["attrs"]["reduction"] if per_row else None
+        elif data["shape"][:1] == (batch,):
+            kind[v] = "rows" if per_row else None
+        elif op in ("sum", "mean"):  # over the rows (the result has no batch axis), or over the other axes
+            kind[v] = op if of[0] == "rows" else of[0] if of[0] in ("mean", "sum") else None
+        elif op == "neg" or op == "mul" and "free" in of or op == "div" and of[1] == "free":
+            kind[v] = of[0] if of[0] != "free" else of[-1]
+            kind[v] = kind[v] if kind[v] in ("mean", "sum") else None
+        elif op in ("add", "sub"):
+            kinds = set(of)
+            kind[v] = "mean" if kinds in ({"mean"}, {"mean", "free"}) else "sum" if kinds == {"sum"} else None
+        else:
+            kind[v] = None
+    return kind[loss] if kind[loss] in ("mean", "sum") else None
 
 
 def check_init_values(G: nx.DiGraph, values: dict | None) -> dict:
