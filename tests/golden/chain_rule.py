@@ -28,7 +28,7 @@ HYPERPARAMS = {
     "nesterov": False,
 }
 LR = HYPERPARAMS["lr"]
-LOSS_REDUCTION = "sum"  # how the loss combines the batch's rows
+LOSS_REDUCTION = None  # how the loss combines the batch's rows
 ITERATIONS = 10
 _SHAPES = {
     "x": (),
@@ -278,6 +278,10 @@ class Trainer:
     def step(self):
         """One step on a batch; returns the loss before the update. It allocates no arrays on a batch size it has
         seen before."""
+        return self._step()
+
+    def _step(self):
+        """step() on inputs already checked."""
         x = self.params["x"]
         y = self.params["y"]
         z = self.params["z"]

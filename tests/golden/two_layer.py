@@ -28,7 +28,7 @@ HYPERPARAMS = {
     "nesterov": False,
 }
 LR = HYPERPARAMS["lr"]
-LOSS_REDUCTION = "sum"  # how the loss combines the batch's rows
+LOSS_REDUCTION = None  # how the loss combines the batch's rows
 ITERATIONS = 200
 _SHAPES = {
     "X": (32, 100),
@@ -321,6 +321,10 @@ class Trainer:
         """One step on a batch; returns the loss before the update. It allocates no arrays on a batch size it has
         seen before."""
         X, y, _ = _inputs(X=X, y=y)
+        return self._step(X, y)
+
+    def _step(self, X, y):
+        """step() on inputs already checked."""
         W1 = self.params["W1"]
         b1 = self.params["b1"]
         W2 = self.params["W2"]
