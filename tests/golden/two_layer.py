@@ -350,7 +350,7 @@ class Trainer:
         # d loss / d pred via loss = mse(pred, y, reduction='sum') -> (32, 10)
         dpred = np.multiply(2.0, pred_err, out=_buf2)
         # d loss / d b2 via pred = add(pred_matmul, b2) -> (10,)
-        db2 = np.sum(dpred, axis=0, out=_buf3)
+        db2 = np.add.reduce(dpred, axis=0, out=_buf3)
         # d loss / d h via pred_matmul = matmul(h, W2) -> (32, 200)
         dh = np.matmul(dpred, W2.T, out=_buf4)
         # d loss / d W2 via pred_matmul = matmul(h, W2) -> (200, 10)
@@ -359,7 +359,7 @@ class Trainer:
         np.greater(h, 0.0, out=_buf0)  # the mask: 1.0 where h > 0, else 0.0
         dh_add = np.multiply(dh, _buf0, out=_buf4)
         # d loss / d b1 via h_add = add(h_matmul, b1) -> (200,)
-        db1 = np.sum(dh_add, axis=0, out=_buf6)
+        db1 = np.add.reduce(dh_add, axis=0, out=_buf6)
         # d loss / d W1 via h_matmul = matmul(X, W1) -> (100, 200)
         dW1 = np.matmul(X.T, dh_add, out=_buf7)
         if self.check_finite:
