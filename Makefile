@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup test-setup graphviz fuzz bench golden clean digits
+.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,11 +49,18 @@ fuzz: test-setup
 # Step and compile-time benchmarks (not tests): ratios measured in one process, variants interleaved.
 bench: setup
 	$(BIN)/python bench/step.py
+	$(BIN)/python bench/classifier.py
 	$(BIN)/python bench/compile.py
+
+# The CuPy modules bench/gpu.py checks and times, compiled here (the GPU machine has no black): take the folder
+# and bench/gpu.py there and run `python bench/gpu.py --run bench/gpu_modules`.
+gpu-modules: setup
+	$(BIN)/python bench/gpu.py --prepare bench/gpu_modules
 
 # Regenerate the golden files in tests/golden/ after a reviewed change to the generated code.
 golden: test-setup
 	$(BIN)/python -m pytest -q tests/test_golden.py tests/test_show.py --update-golden
 
 clean:
-	rm -rf $(VENV) examples/*.py .pytest_cache
+	rm -rf $(VENV) .pytest_cache bench/gpu_modules examples/two_layer.py examples/chain_rule.py \
+		examples/digits_model.py examples/*.npz
