@@ -1,6 +1,5 @@
 """Layer 1: every op's shape rule, forward value and gradient, driven by one table of cases."""
 
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from graphc import ops
 from graphc.autodiff import adjoint
 from graphc.codegen import environment
 from gradcheck import check_gradients, random_inputs, random_params
+from memcheck import peak_bytes
 from test_memory import assert_trainer_matches_value_and_grad
 
 def log_softmax_ref(x, axis=-1):  # torch.nn.functional.log_softmax: x - log(sum(exp(x)))
@@ -362,14 +362,7 @@ def test_step_allocates_no_arrays_with_every_new_op():
                 inputs.append(rng.random(data["shape"]))
         trainer = mod.Trainer(mod.init_params())
         trainer.step(*inputs)  # the first step on a size allocates its workspace
-        tracemalloc.start()
-        try:
-            before, _ = tracemalloc.get_traced_memory()
-            tracemalloc.reset_peak()
-            trainer.step(*inputs)
-            peak = tracemalloc.get_traced_memory()[1] - before
-        finally:
-            tracemalloc.stop()
+        peak = peak_bytes(lambda: trainer.step(*inputs))
         assert peak < 100_000 < N * 8, (g.nx.graph["name"], sorted(ops_used), peak)
         assert_trainer_matches_value_and_grad(mod, mod.init_params(), tuple(inputs), steps=2)
 

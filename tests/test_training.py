@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 import uuid
 from functools import partial
 
@@ -21,6 +20,7 @@ import pytest
 import graphc as gc
 from graphc import cli
 from gradcheck import random_params
+from memcheck import peak_bytes
 
 RTOL = 1e-10  # two float64 code paths (fused in place vs the reference's fresh arrays): rounding only
 
@@ -673,16 +673,7 @@ ALLOC_THRESHOLD = 4096  # bytes: the smallest array of concern (1024 int64 rows,
 
 
 def traced_peak(fn):
-    old = np.setbufsize(16)
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
-        np.setbufsize(old)
+    return peak_bytes(fn, bufsize=16)
 
 
 @pytest.mark.parametrize("optimizer", [
