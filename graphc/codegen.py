@@ -113,8 +113,10 @@ class Renderer:
         graph = self.graphs[s.graph]
         data = graph.nodes[s.node]
         into = getattr(self.ops, OPS[data["op"]].macro + "_into", None)
-        if computed_with is not None:
-            code = str(self.ops.computed(s.node, out, self.expr(s.graph, s.node), computed_with))
+        if computed_with is not None:  # the comment says what: the NumPy expression, or the equation if long
+            expr = self.expr(s.graph, s.node)
+            expr = expr if len(expr) <= 40 else describe(graph, s.node).split(" = ", 1)[1]
+            code = str(self.ops.computed(s.node, out, expr, computed_with))
         elif into is not None and (out is not None or scratch is not None):
             args, attrs = self.macro_args(s.graph, s.node, into=True)
             code = str(into(s.node, out, scratch, *args, **attrs))

@@ -37,6 +37,7 @@ class Op:
     scratches: Callable | None = None  # or several temporaries: (shapes, attrs) -> [(shape, dtype or None)]
     int_operands: tuple = ()  # positions where an integer input (class indices) is allowed
     template_attrs: Callable | None = None  # (operand shapes, attrs) -> extra attrs for the macros
+    keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
 
     @property
     def macro(self) -> str:
@@ -197,12 +198,18 @@ def log_softmax_scratch(shapes, attrs):  # the max, then the log of the sum
     return [(reduced_row(shapes, attrs), None)] * 2
 
 
-def cross_entropy_scratch(shapes, attrs, grad=False):
-    logits, target = shapes[-2:]
+def cross_entropy_scratch(shapes, attrs):
+    """The softmax (kept for the gradient), two rows and, for class indices, their flat indices; for
+    probabilities, the terms of the loss."""
+    logits, target = shapes
     n = logits[:1]
-    full = [] if grad else [(logits, None)]  # exp of the shifted logits (the gradient has its output for that)
-    index = [(n, "int64")] if len(target) == 1 else []  # flat index of each row's target
-    return full + [(n, None), (n, None)] + index
+    last = [(n, "int64")] if len(target) == 1 else [(logits, None)]
+    return [(logits, None), (n, None), (n, None)] + last
+
+
+def cross_entropy_grad_scratch(shapes, attrs):  # a row, and the targets' flat indices
+    scale, probs, target = shapes
+    return [(probs[:1], None)] + ([(probs[:1], "int64")] if len(target) == 1 else [])
 
 
 def loss_shape(shapes, attrs):
@@ -323,7 +330,8 @@ def cross_entropy_vjp(b, v, xs, g):
     logits, target = xs
     indices = len(b.shape(target)) == 1
     scale = scaled(b, v, g, b.shape(logits)[:1])  # 'mean' divides by N, the batch size
-    dlogits = b.node("cross_entropy_grad", scale, b.fwd(logits), b.fwd(target), indices=indices)
+    probs = b.node("softmax", b.fwd(logits), axis=1, hint=f"{logits}_softmax")  # the forward computed it
+    dlogits = b.node("cross_entropy_grad", scale, probs, b.fwd(target), indices=indices)
     if indices:
         return [dlogits, None]
     # d / d target = -log_softmax(logits) * scale
@@ -360,9 +368,9 @@ op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defa
 op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
 op("transpose", 1, transpose_shape, transpose_vjp, inline=True)  # a view, folded into its consumer: ``W2.T``
 op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"reduction": "mean"},
-   scratch=True)  # the error pred - target, squared and summed without a temporary
+   scratch=True, keeps="sub")  # the error pred - target, squared and summed without a temporary
 op("cross_entropy", 2, cross_entropy_shape, cross_entropy_vjp, attrs={"reduction": REDUCTION},
-   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch,
+   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch, keeps="softmax",
    template_attrs=lambda shapes, attrs: {"indices": len(shapes[1]) == 1})  # target: class indices or probabilities
 op("binary_cross_entropy_with_logits", 2, bce_shape, bce_vjp, attrs={"reduction": REDUCTION},
    defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2)
@@ -381,7 +389,7 @@ internal("softmax_grad", 2, same_shape, attrs={"axis": int}, scratches=softmax_s
 internal("log_softmax_grad", 2, same_shape, attrs={"axis": int}, inplace=(1,),
          scratches=softmax_scratch)  # g - exp(y) * sum(g): may write over y, not over g
 internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indices": bool}, inplace=(1,),
-         scratches=lambda shapes, attrs: cross_entropy_scratch(shapes, attrs, grad=True))  # (softmax - target) * scale
+         scratches=cross_entropy_grad_scratch)  # (softmax - target) * scale, from the softmax
 internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
 internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # a reduction's gradient
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # unbroadcast g back to ``shape``

@@ -175,11 +175,16 @@ def plan_workspace(sched: Schedule) -> Workspace:
         for u in values:
             last[u] = i
 
-    # mse's workspace form computes pred - target on the way to the loss; its gradient needs that difference
-    # again (the adjoint node sub(pred, target) via the mse): keep it, rather than compute it twice.
-    errors = {A.nodes[e]["via"]: e for e in sched.A if A.nodes[e]["op"] == "sub" and A.nodes[e].get("via") in G
-              and G.nodes[A.nodes[e]["via"]]["op"] == "mse" and operands(A, e) == operands(G, A.nodes[e]["via"])}
-    kept = {}  # the error -> the mse statement that computed it
+    # Some workspace forms compute on the way a value their gradient needs again (Op.keeps): mse the error
+    # pred - target, cross_entropy the softmax of the logits. That adjoint node (made by the same forward node's
+    # rule, of its first operands) is kept in the buffer the forward statement wrote it to, not computed twice.
+    keeps = {}  # forward node -> the adjoint node its workspace form computes
+    for e in A:
+        v = A.nodes[e].get("via")
+        if v in G and G.nodes[v]["op"] in OPS and OPS[G.nodes[v]["op"]].keeps == A.nodes[e]["op"] \
+                and operands(A, e) == operands(G, v)[:len(operands(A, e))]:
+            keeps[v] = e
+    kept = {}  # the kept adjoint node -> the forward statement that computed it
 
     sizes = G.graph.get("dims", {})
     pool, where, placed, values = Pool(sizes), {}, [], []
@@ -190,7 +195,7 @@ def plan_workspace(sched: Schedule) -> Workspace:
         shape, dtype = tuple(data["shape"]), data["dtype"]
         if shape != ():
             values.append(Buffer(shape, dtype, [s.node], sizes))
-        if s.node in kept:  # already in its buffer: the mse computed it
+        if s.node in kept:  # already in its buffer: the forward statement computed it
             out = where[s.node]
             placed.append(Placed(s.graph, s.node, out, None, computed_with=kept[s.node]))
         else:
@@ -210,10 +215,17 @@ def plan_workspace(sched: Schedule) -> Workspace:
                 where[s.node] = out
             args = operands(graph, s.node)
             first = tuple(graph.nodes[args[0]]["shape"]) if args else ()
-            if s.node in errors and first != ():
-                error = errors[s.node]
-                scratch = where[error] = pool.take(first, dtype, error)
-                kept[error] = s.node
+            if s.node in keeps and first != ():  # its first temporary is the kept value's buffer
+                e = keeps[s.node]
+                scratch = where[e] = pool.take(tuple(A.nodes[e]["shape"]), dtype, e)
+                kept[e] = s.node
+                if op.scratches is not None:
+                    shapes = [graph.nodes[a]["shape"] for a in args]
+                    rest = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {s.node}")
+                                 for sh, dt in op.scratches(shapes, data["attrs"])[1:])
+                    for index in rest:
+                        pool.give_back(index)
+                    scratch = (scratch, *rest)
             elif op.scratches is not None:  # several temporaries, each taken for this statement alone
                 shapes = [graph.nodes[a]["shape"] for a in args]
                 scratch = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {s.node}")
