@@ -170,6 +170,38 @@ SPEC_ERRORS = {
         ShapeError, "node 'pred': pred = add(pred_matmul, y): shapes (N, 2) and (4, 2) do not broadcast (dimension "
         "'N' and 4 cannot be proven equal)", node="pred",
         text=spec('pred = "X @ W + y"\nloss = "sum(pred)"', inputs='[inputs]\nX = ["N", 3]\ny = [4, 2]\n')),
+    # ---- named dimensions, integer inputs and training settings (sections 9 and 11) ----
+    "named dimension in a param": Case(
+        ShapeError, "node 'W': shape ['N', 2]: a param's shape is concrete, but 'N' is a named dimension (only "
+        "inputs may have named dimensions)", node="W", text=spec(params='[params]\nW = { shape = ["N", 2] }\n')),
+    "dimension name not an identifier": Case(
+        ShapeError, "node 'X': dimension name 'batch size' is not a valid ASCII Python identifier (no keyword, no "
+        "leading _)", node="X", text=spec(inputs='[inputs]\nX = ["batch size", 3]\ny = [4, 2]\n')),
+    "dimension named like a node": Case(
+        SpecError, "node 'W': dimension name 'W' is also a node name: rename one of them", node="W",
+        text=spec('pred = "X @ W"\nloss = "mse(pred, y)"', inputs='[inputs]\nX = ["W", 3]\ny = ["W", 2]\n')),
+    "size of an unknown dimension": Case(
+        SpecError, "dims gives 'M' a size, but no input has that dimension (named dimensions: N)",
+        text="[dims]\nM = 4\n" + spec(inputs='[inputs]\nX = ["N", 3]\ny = ["N", 2]\n')),
+    "integer input of an unknown dtype": Case(
+        GraphError, "node 'y': unsupported dtype 'int8' (use one of float64, float32, int64)", node="y",
+        text=spec(inputs='[inputs]\nX = [4, 3]\ny = { shape = [4], dtype = "int8" }\n')),
+    "unknown optimizer": Case(SpecError, "unknown optimizer 'rmsprop' (graphc has 'sgd', 'adam', 'adamw')",
+                              text=spec(train='[train]\nloss = "loss"\noptimizer = "rmsprop"\n')),
+    "hyperparameter the optimizer lacks": Case(
+        SpecError, "adam has no hyperparameter 'momentum' (it has lr, betas, eps, weight_decay)",
+        text=spec(train='[train]\nloss = "loss"\noptimizer = "adam"\nmomentum = 0.9\n')),
+    "nesterov without momentum": Case(
+        SpecError, "[train] nesterov (True) needs momentum > 0 and dampening = 0 (got momentum=0.0, dampening=0.0)",
+        text=spec(train='[train]\nloss = "loss"\nnesterov = true\n')),
+    "betas outside [0, 1)": Case(
+        SpecError, "[train] betas must be a pair of numbers in [0, 1), got (0.9, 1.0)",
+        text=spec(train='[train]\nloss = "loss"\noptimizer = "adam"\nbetas = [0.9, 1.0]\n')),
+    "negative eps": Case(SpecError, "[train] eps must be a finite number >= 0, got -1e-08",
+                         text=spec(train='[train]\nloss = "loss"\noptimizer = "adamw"\neps = -1e-8\n')),
+    "batch_size without a batch dimension": Case(
+        GraphError, 'batch_size needs a batch dimension: a named dimension (e.g. "N") as axis 0 of the inputs, '
+        'such as X = ["N", 64]', text=spec(train='[train]\nloss = "loss"\nbatch_size = 2\n')),
     "constant output": Case(GraphError, "node 'two': output 'two' is a constant: predict() computes nothing for it",
                             node="two", text=spec('two = "2"\npred = "X @ W * two"\nloss = "mse(pred, y)"',
                                                   train='[train]\nloss = "loss"\noutputs = ["two"]\n')),
@@ -194,7 +226,7 @@ def test_spec_error_in_process(what, tmp_path, monkeypatch):
     write_case(case, tmp_path)
     with pytest.raises(gc.GraphcError) as raised:
         spec_ = gc.load_spec(case.file)
-        gc.compile(spec_.graph, spec_.loss, spec_.outputs, spec_.lr, spec_.iterations)
+        gc.compile(spec_.graph, **spec_.options())
     err = raised.value
     assert type(err) is case.kind
     assert (err.node, err.line) == (case.node, case.line)
@@ -421,7 +453,7 @@ def test_the_command_catches_errors_in_process_too(tmp_path, monkeypatch, capsys
 
 def test_every_generated_function_names_a_wrong_input(root):
     spec = gc.load_spec(root / "examples" / "two_layer.toml")
-    mod = gc.compile(spec.graph, spec.loss, spec.outputs, spec.lr, spec.iterations).load()
+    mod = gc.compile(spec.graph, **spec.options()).load()
     params = mod.init_params()
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((32, 100)), rng.standard_normal((32, 10))

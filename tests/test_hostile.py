@@ -114,6 +114,10 @@ CORPUS = {
     "dtype_injection.toml": "unsupported dtype \"float64; __import__(",
     "optimizer_injection.toml": "unknown optimizer \"__import__(",
     "lr_string.toml": "[train] lr must be a positive finite number, got \"1e-3); __import__(",
+    "dim_name_injection.toml": "node 'X': dimension name \"N); __import__('os')",
+    "betas_injection.toml": "[train] betas must be a pair of numbers in [0, 1), got \"(0.9, 0.999)); __import__(",
+    "params_file_passwd.toml": "params_file must name a .npz file, got '../../../../../../etc/passwd'",
+    "dims_injection.toml": "dimension 'N' must have a positive integer size, got \"32); __import__(",
     "loss_injection.toml": "[train] names \"__import__('os').system('touch PWNED')\", which is not defined",
     "outputs_injection.toml": "[train] names \"__import__('os').system('touch PWNED')\", which is not defined",
     "unknown_top_level_key.toml": "unknown top-level key 'exec'",
@@ -217,7 +221,7 @@ def test_hostile_spec(name, canary, capsys):
 
 def compile_spec(path, dtype=None):
     spec = gc.load_spec(path, dtype=dtype)
-    return gc.compile(spec.graph, spec.loss, spec.outputs, spec.lr, spec.iterations, dims=spec.dims)
+    return gc.compile(spec.graph, **spec.options())
 
 
 @pytest.mark.parametrize("name", VALID)
