@@ -36,11 +36,13 @@ def dim_option(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="graphc", description="Compile a model spec into a standalone NumPy training module.")
+    parser = Parser(prog="graphc", description="Compile a model spec into a standalone NumPy (or CuPy) training "
+                                                 "module; inspect it, check its gradients, import and export ONNX.")
     parser.add_argument("--version", action="version", version=f"graphc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     c = commands.add_parser("compile", help="compile SPEC (.toml or .json) into a Python module",
-                            description="Compile SPEC (.toml or .json) into a Python module that needs only NumPy.")
+                            description="Compile SPEC (.toml or .json) into a Python module that needs only NumPy "
+                                        "(or NumPy and CuPy, with --backend cupy).")
     c.add_argument("spec", **SPEC)
     c.add_argument("-o", "--output", metavar="OUT.py", help="where to write the module (default: SPEC with .py)")
     c.add_argument("--lr", type=float, help="learning rate (default: the spec's [train] lr)")

@@ -734,7 +734,7 @@ class SpecWriter:
                   f"dtype = {toml_string(g.dtype)}"]
         if loss:
             lines += [
-                "# No loss: this spec compiles to an inference-only module (predict, init_params).",
+                "# While it has no loss, this spec compiles to an inference-only module (predict, init_params).",
                 "# To train or fine-tune from the imported weights, uncomment the target in [inputs], the loss",
                 "# in [nodes] and these lines:",
                 '# loss = "loss"',
@@ -1088,7 +1088,8 @@ def add_commands(commands) -> None:
     e = commands.add_parser(
         "export", help="export SPEC's forward graph (its outputs) as an ONNX model",
         description="Write the forward graph of SPEC's outputs as an ONNX model (opset 17): named dimensions as "
-                    "dim_params, params as initializers (from --params, else the module's init_params(0)).")
+                    "dim_params, params as initializers (from --params, a save_params file, else the module's "
+                    "init_params(0): the spec's params_file or random draws).")
     e.add_argument("spec", metavar="SPEC", help="the model spec, a .toml or .json file")
     e.add_argument("--params", metavar="TRAINED.npz", help="the params to export (save_params' .npz)")
     e.add_argument("-o", "--output", metavar="MODEL.onnx", help="where to write the model (default: SPEC with .onnx)")
