@@ -64,6 +64,11 @@ def _inputs(**inputs):
     for name, value in inputs.items():
         value = np.asarray(value)
         shape = _SHAPES[name]
+        if (
+            value.shape == shape and value.dtype == DTYPE
+        ):  # fixed sizes and the float type: nothing to bind
+            arrays.append(value)
+            continue
         if name in _CLASSES:
             dtype = "integer"
             ok = np.issubdtype(value.dtype, np.integer) and value.ndim == len(shape)
