@@ -53,8 +53,8 @@ def prepare(folder: Path) -> None:
         b1 = g.param("b1", (s["H"],), init="zeros")
         W2 = g.param("W2", (s["H"], s["O"]), scale=s["H"] ** -0.5)
         b2 = g.param("b2", (s["O"],), init="zeros")
-        h = gc.relu(X @ W1 + b1, name="h")
-        pred = gc.add(h @ W2, b2, name="pred")
+        h = gc.relu(gc.add(gc.matmul(X, W1, name="X_W1"), b1, name="h_pre"), name="h")
+        pred = gc.add(gc.matmul(h, W2, name="h_W2"), b2, name="pred")
         loss = gc.mse(pred, y, reduction="sum", name="loss")
         module = gc.compile(g, loss=loss, outputs=[pred], optimizer=optimizer, lr=LR[optimizer],
                             dims={"N": s["N"]}, backend=backend,
