@@ -115,8 +115,9 @@ def run_compile(args) -> int:
     npz = out.with_suffix(".npz")
     if module.init_values and spec.params_path and npz.resolve() == spec.params_path.resolve() \
             and npz.read_bytes() != npz_bytes(module.init_values):
-        raise GraphcError(f"the module's params file {str(npz)!r} would replace the spec's params_file with "
-                          "other values (another dtype?): write the module elsewhere with -o")
+        raise GraphcError(f"the module's params file {str(npz)!r} would replace the spec's params_file, whose "
+                          "contents differ (its dtype, or arrays that are not params): write the module elsewhere "
+                          "with -o")
     module.save(out)
     print(f"graphc: wrote {out}" + (f" and {out.with_suffix('.npz')}" if module.init_values else ""))
     return 0

@@ -191,7 +191,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
             context["kernels"] = list(fused(sched).values())
         step = context["trainer"]
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
-        step["dim_args"] = [f'dims["{d}"]' for d in step["bound"]]
+        step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
 
 

@@ -167,7 +167,7 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
         train = training(G, loss, optimizer, hyperparams, iterations, epochs, batch_size)
     elif hyperparams or lr is not None:
         raise GraphError("optimizer settings without a loss: give the loss to train, or leave them out")
-    A = optimize(adjoint(G, loss)) if loss is not None else None
+    A = optimize(adjoint(G, loss, reserved=G.graph["dims"])) if loss is not None else None
     sched = schedule(G, A, loss, outputs)
     name = G.graph["name"]
     text = format_source(render(
@@ -201,8 +201,9 @@ class Training:
 def training(G: nx.DiGraph, loss, optimizer="sgd", hyperparams=None, iterations=DEFAULT_ITERATIONS, epochs=None,
              batch_size=None) -> Training:
     """How ``G`` trains to minimise ``loss``, every setting checked."""
-    train = Training(optimizer, optim.hyperparams(optimizer, hyperparams or {}), batch_dim(G),
-                     loss_reduction(G, loss, batch_dim(G)), check_count(iterations, "iterations"),
+    batch = batch_dim(G, loss)
+    train = Training(optimizer, optim.hyperparams(optimizer, hyperparams or {}), batch,
+                     loss_reduction(G, loss, batch), check_count(iterations, "iterations"),
                      None if epochs is None else check_count(epochs, "epochs"),
                      None if batch_size is None else check_count(batch_size, "batch_size"))
     if train.batch_dim is None and (epochs is not None or batch_size is not None):
@@ -257,9 +258,11 @@ def check_dims(G: nx.DiGraph, dims: dict | None) -> dict:
     return {d: dims.get(d) for d in names}
 
 
-def batch_dim(G: nx.DiGraph) -> str | None:
-    """The batch dimension: the named dimension that is axis 0 of the inputs that carry it (and nowhere else)."""
-    shapes = [G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input"]
+def batch_dim(G: nx.DiGraph, loss) -> str | None:
+    """The batch dimension: the named dimension that is axis 0 of the inputs of the loss that carry it (and
+    nowhere else)."""
+    upstream = nx.ancestors(G, loss)
+    shapes = [G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input" and v in upstream]
     first = next((s[0] for s in shapes if s and isinstance(s[0], str)), None)
     if first is None or any(first in s[1:] for s in shapes):
         return None
@@ -291,8 +294,10 @@ def loss_reduction(G: nx.DiGraph, loss, batch: str | None) -> str | None:
             kind[v] = "free"
         elif op in LOSS_OPS:
             kind[v] = data["attrs"]["reduction"] if per_row else None
-        elif data["shape"][:1] == (batch,):
-            kind[v] = "rows" if per_row else None
+        elif data["shape"][:1] == (batch,):  # per row, unless it mixes the rows (a softmax along them)
+            mixes = "axis" in data["attrs"] and op not in ("sum", "mean") and \
+                data["attrs"]["axis"] % len(data["shape"]) == 0
+            kind[v] = "rows" if per_row and not mixes else None
         elif op in ("sum", "mean"):  # over the rows (the result has no batch axis), or over the other axes
             kind[v] = op if of[0] == "rows" else of[0] if of[0] in ("mean", "sum") else None
         elif op == "neg" or op == "mul" and "free" in of or op == "div" and of[1] == "free":

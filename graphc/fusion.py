@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 from .graph import describe, operands
 from .schedule import value_of
 
-# C and CUDA names a kernel parameter must not take (CuPy's own: i, _ind; the type T)
+# C++ (NVRTC compiles C++) and CUDA names a kernel parameter must not take, the functions the kernels call, and
+# CuPy's own (i, _ind; the type T)
 RESERVED = frozenset("""
-auto bool break case char const continue default do double else enum exp extern float for goto if inline int log
-long max min register restrict return short signed sizeof static struct switch tanh typedef union unsigned void
-volatile while T i true false
+alignas alignof asm auto bool break case catch char class const constexpr const_cast continue decltype default
+delete do double dynamic_cast else enum explicit export extern false float for friend goto if inline int long
+mutable namespace new noexcept nullptr NULL operator private protected public register reinterpret_cast restrict
+return short signed sizeof static static_assert static_cast struct switch template this thread_local throw true
+try typedef typeid typename union unsigned using virtual void volatile wchar_t while
+exp log tanh sqrt max min abs T i
 """.split())
 
 
@@ -31,7 +35,9 @@ class Kernel:
 
 
 def c_name(v: str) -> str:
-    return v + "_" if v in RESERVED or v.startswith("_") else v
+    """A graph name as a kernel parameter: itself, or with a leading _ (no user name has one) where C++ or CUDA
+    reserves it."""
+    return "_" + v if v in RESERVED else v
 
 
 def kernels(sched, macros, fusible: set) -> dict[int, Kernel]:

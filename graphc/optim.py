@@ -75,7 +75,7 @@ def hyperparams(optimizer: str, given: dict, where: str | None = None) -> dict:
     """Every hyperparameter of ``optimizer``, ``given`` checked and the rest at torch's defaults. Messages name
     a hyperparameter after ``where`` (default: "<optimizer> hyperparameter ")."""
     where = f"{optimizer} hyperparameter " if where is None else where
-    if optimizer not in OPTIMIZERS:
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise GraphError(f"unknown optimizer {optimizer!r} (graphc has {', '.join(map(repr, OPTIMIZERS))})")
     opt = OPTIMIZERS[optimizer]
     for key in given:

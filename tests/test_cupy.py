@@ -169,3 +169,38 @@ def test_the_cli_writes_a_cupy_module(root, tmp_path):
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "import cupy as cp" in text and "--backend cupy" in text
+
+
+def test_params_files_load_on_the_device(monkeypatch, tmp_path):
+    """load_params and init = "file" read host arrays, checked on the host, then moved."""
+    g = gc.Graph("pf")
+    X, y = g.input("X", ("N", 4)), g.input("y", ("N", 3))
+    W = g.param("W", (4, 3), init="file")
+    values = {"W": np.arange(12.0).reshape(4, 3)}
+    cp = fake_cupy.install(monkeypatch)
+    module = gc.compile(g, loss=gc.mse(X @ W, y), init_values=values, dims={"N": 2}, backend="cupy")
+    module.save(tmp_path / "m.py")
+    mod = module.load()
+    params = mod.init_params()
+    assert isinstance(params["W"], cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(params["W"]), values["W"])
+    mod.save_params(params, tmp_path / "p.npz")
+    loaded = mod.load_params(tmp_path / "p.npz")
+    assert isinstance(loaded["W"], cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(loaded["W"]), values["W"])
+
+
+def test_kernel_parameters_never_take_a_name_cpp_reserves(monkeypatch):
+    """Graph names that are C++ keywords or the kernels' functions become _name inside the kernels."""
+    g = gc.Graph("cpp")
+    X, y = g.input("X", (5, 4)), g.input("y", (5, 3))
+    new = g.param("new", (4, 3))
+    this = gc.matmul(X, new, name="this")
+    exp_ = gc.relu(gc.add(this, g.param("exp", (3,)), name="exp_"), name="template")
+    numpy_mod, cupy_mod, cp = both(g, gc.mse(exp_, y, name="loss"), monkeypatch)
+    source = gc.compile(g, loss="loss", backend="cupy").source
+    assert re.search(r'"T _this, T _exp",\s+"T _template"', source)
+    host, device = numpy_mod.Trainer(numpy_mod.init_params()), cupy_mod.Trainer(cupy_mod.init_params())
+    X_, y_ = np.random.default_rng(0).standard_normal((5, 4)), np.random.default_rng(1).standard_normal((5, 3))
+    for _ in range(3):
+        assert device.step(cp.asarray(X_), cp.asarray(y_)) == pytest.approx(host.step(X_, y_), rel=1e-12)

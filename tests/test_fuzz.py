@@ -28,13 +28,14 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc import compiler
 from graphc.codegen import _format_by_shape, format_source
+from graphc.graph import INPUT_RESERVED
 from gradcheck import check_gradients
 
 EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", "50"))
 OPS = ("add", "sub", "mul", "matmul", "relu")
 CONSTANTS = (0.5, -2.0, 3.0, 1.0, -1.0, 0.0)
 # Valid names that a careless code generator would trip over: its own variables, builtins, module globals,
-# the adjoint's naming scheme. iterations/log_every are rejected for inputs (Trainer.fit keywords).
+# the adjoint's naming scheme. Trainer.fit's keywords (INPUT_RESERVED) are rejected for inputs.
 NAMES = (
     "np", "params", "self", "lr", "grads", "loss", "step", "fit", "Trainer", "INPUTS", "PARAMS", "DTYPE", "LR",
     "ITERATIONS", "init_params", "predict", "value_and_grad", "float", "sum", "input", "print", "range", "len",
@@ -65,7 +66,7 @@ def recipes(draw):
 
     def name_for(kind):
         if draw(st.integers(0, 3)) == 0:
-            free = [n for n in NAMES if n not in taken]
+            free = [n for n in NAMES if n not in taken and not (kind == "input" and n in INPUT_RESERVED)]
             if free:
                 name = draw(st.sampled_from(free))
                 taken.add(name)

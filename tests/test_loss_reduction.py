@@ -23,6 +23,8 @@ CASES = {
     "mse * mse": (lambda p, y, W: gc.mse(p, y) * gc.mse(p, y), None),
     "mse + mse sum": (lambda p, y, W: gc.mse(p, y) + gc.mse(p, y, reduction="sum"), None),
     "centred by the batch mean": (lambda p, y, W: gc.mse(p - gc.mean(p, axis=0), y), None),
+    "a softmax along the rows": (lambda p, y, W: gc.mean(gc.log_softmax(p, axis=0) * y), None),
+    "a softmax along each row": (lambda p, y, W: gc.mean(gc.log_softmax(p, axis=1) * y), "mean"),
 }
 
 

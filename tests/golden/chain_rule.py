@@ -60,8 +60,8 @@ def _inputs(**inputs):
         value = np.asarray(value)
         shape = _SHAPES[name]
         if (
-            value.shape == shape and value.dtype == DTYPE
-        ):  # fixed sizes and the float type: nothing to bind
+            value.shape == shape and value.dtype == DTYPE and name not in _CLASSES
+        ):  # fixed float: nothing to bind
             arrays.append(value)
             continue
         if name in _CLASSES:
@@ -99,19 +99,19 @@ def _inputs(**inputs):
     return (*arrays, dims)
 
 
-def _check_params(params, names=PARAMS):
+def _check_params(params, names=PARAMS, array=np.ndarray):
     for name in names:
         value = params.get(name)
         if value is None:
             raise ValueError(f"param {name!r} is missing")
         if (
-            not isinstance(value, np.ndarray)
+            not isinstance(value, array)
             or value.shape != _SHAPES[name]
             or value.dtype != DTYPE
         ):
             got = (
                 f"{value.shape} {value.dtype}"
-                if isinstance(value, np.ndarray)
+                if isinstance(value, array)
                 else type(value).__name__
             )
             raise ValueError(
@@ -135,7 +135,7 @@ def _read_npz(path, names, what):
         arrays = {name: data[name] for name in data.files}
     extra = sorted(set(arrays) - set(names))
     try:
-        _check_params(arrays, names)
+        _check_params(arrays, names, np.ndarray)  # on the host
         if extra:
             raise ValueError(f"{extra[0]!r} is not a param of this model")
     except ValueError as err:
@@ -250,7 +250,7 @@ def _check_hyperparams(hyperparams):
 
 def _number(value):
     return (
-        isinstance(value, (int, float))
+        isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
         and value == value
     )
@@ -388,6 +388,11 @@ class Trainer:
             raise ValueError(
                 f"the state has no {missing[0]!r}: it is not of this model"
             )
+        steps = np.asarray(state["steps"])
+        if steps.shape != () or not np.issubdtype(steps.dtype, np.integer) or steps < 0:
+            raise ValueError(
+                f"the state's 'steps' must be a count (an integer >= 0), got {state['steps']!r}"
+            )
         for key, array in arrays.items():
             value = np.asarray(state[key])
             if value.shape != array.shape or value.dtype != array.dtype:
@@ -399,7 +404,7 @@ class Trainer:
             raise ValueError(f"the state has {extra[0]!r}, which this model does not")
         for key, value in arrays.items():
             np.copyto(value, state[key])
-        self.steps = int(state["steps"])
+        self.steps = int(steps)
 
     def save(self, path):
         """Write state_dict() to path as one .npz, atomically: a failed save leaves an existing file as it was."""

@@ -65,8 +65,8 @@ def _inputs(**inputs):
         value = np.asarray(value)
         shape = _SHAPES[name]
         if (
-            value.shape == shape and value.dtype == DTYPE
-        ):  # fixed sizes and the float type: nothing to bind
+            value.shape == shape and value.dtype == DTYPE and name not in _CLASSES
+        ):  # fixed float: nothing to bind
             arrays.append(value)
             continue
         if name in _CLASSES:
@@ -104,19 +104,19 @@ def _inputs(**inputs):
     return (*arrays, dims)
 
 
-def _check_params(params, names=PARAMS):
+def _check_params(params, names=PARAMS, array=np.ndarray):
     for name in names:
         value = params.get(name)
         if value is None:
             raise ValueError(f"param {name!r} is missing")
         if (
-            not isinstance(value, np.ndarray)
+            not isinstance(value, array)
             or value.shape != _SHAPES[name]
             or value.dtype != DTYPE
         ):
             got = (
                 f"{value.shape} {value.dtype}"
-                if isinstance(value, np.ndarray)
+                if isinstance(value, array)
                 else type(value).__name__
             )
             raise ValueError(
@@ -140,7 +140,7 @@ def _read_npz(path, names, what):
         arrays = {name: data[name] for name in data.files}
     extra = sorted(set(arrays) - set(names))
     try:
-        _check_params(arrays, names)
+        _check_params(arrays, names, np.ndarray)  # on the host
         if extra:
             raise ValueError(f"{extra[0]!r} is not a param of this model")
     except ValueError as err:
@@ -292,7 +292,7 @@ def _check_hyperparams(hyperparams):
 
 def _number(value):
     return (
-        isinstance(value, (int, float))
+        isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
         and value == value
     )
@@ -381,9 +381,9 @@ class Trainer:
 
     def _workspace(self):
         """The step's buffers, allocated on first use. Each holds the values listed, one after another."""
-        buffers = self._workspaces.get(())
-        if buffers is None:
-            buffers = self._workspaces[()] = (
+        _buffers = self._workspaces.get(())
+        if _buffers is None:
+            _buffers = self._workspaces[()] = (
                 # _buf0: h_matmul, h_add, h, scratch for dh_add
                 np.empty((32, 200), dtype=np.float64),
                 # _buf1: pred_matmul, pred
@@ -401,7 +401,7 @@ class Trainer:
                 # _buf7: dW1
                 np.empty((100, 200), dtype=np.float64),
             )
-        return buffers
+        return _buffers
 
     def apply_gradients(self, grads):
         """The optimizer's in-place update from gradients computed elsewhere (a dict like value_and_grad's): what
@@ -482,6 +482,11 @@ class Trainer:
             raise ValueError(
                 f"the state has no {missing[0]!r}: it is not of this model"
             )
+        steps = np.asarray(state["steps"])
+        if steps.shape != () or not np.issubdtype(steps.dtype, np.integer) or steps < 0:
+            raise ValueError(
+                f"the state's 'steps' must be a count (an integer >= 0), got {state['steps']!r}"
+            )
         for key, array in arrays.items():
             value = np.asarray(state[key])
             if value.shape != array.shape or value.dtype != array.dtype:
@@ -493,7 +498,7 @@ class Trainer:
             raise ValueError(f"the state has {extra[0]!r}, which this model does not")
         for key, value in arrays.items():
             np.copyto(value, state[key])
-        self.steps = int(state["steps"])
+        self.steps = int(steps)
 
     def save(self, path):
         """Write state_dict() to path as one .npz, atomically: a failed save leaves an existing file as it was."""
