@@ -23,5 +23,7 @@ def from_onnx(model, dims=None):
 
 __all__ = [
     "CompiledModule", "Graph", "GraphError", "GraphcError", "ShapeError", "SpecError", "Tensor",
-    "add", "compile", "from_networkx", "from_onnx", "load_spec", "matmul", "mse", "mul", "relu", "sub",
+    "add", "binary_cross_entropy_with_logits", "compile", "cross_entropy", "div", "exp", "from_networkx",
+    "from_onnx", "leaky_relu", "load_spec", "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "relu",
+    "sigmoid", "softmax", "sub", "sum", "tanh", "transpose",
 ]

@@ -20,7 +20,6 @@ from .graph import DTYPES, Graph, Tensor, check_dtype, check_fits, dim_names, fr
 from .passes import optimize
 from .schedule import Schedule, schedule
 
-DEFAULT_LR = 1e-3
 DEFAULT_ITERATIONS = 100
 
 

@@ -147,7 +147,7 @@ CORPUS = {
     "deep_nesting.toml": "invalid TOML: nested too deeply",
     # JSON
     "json_expr_import.json": f"node 'loss': {ONLY_OPS} Attribute expression",
-    "json_name_newline.json": f"node \"h\\n__import__('os').environ.setdefault('GRAPHC_PWNED', '1')\": the name",
+    "json_name_newline.json": "node \"h\\n__import__('os').environ.setdefault('GRAPHC_PWNED', '1')\": the name",
     "json_name_quote_key.json": f"node 'b\"]; import os; x = [\"': {NOT_IDENTIFIER}",
     "json_attr_injection.json": "node 'loss': mse attribute reduction=\"mean(); __import__(",
     "json_not_object.json": "invalid JSON: the spec must be an object",

@@ -39,8 +39,8 @@ def test_an_input_named_dims():
 
 def class_module():
     g = gc.Graph("t")
-    X, y = g.input("X", (8, 4)), g.input("y", (8,), dtype="int64")
-    return gc.compile(g, loss=gc.cross_entropy(X @ g.param("W", (4, 3)), y)).load()
+    X, labels = g.input("X", (8, 4)), g.input("y", (8,), dtype="int64")
+    return gc.compile(g, loss=gc.cross_entropy(X @ g.param("W", (4, 3)), labels)).load()
 
 
 def test_class_indices_of_fixed_size_given_as_floats_are_refused():
@@ -64,7 +64,8 @@ def test_the_batch_dimension_is_that_of_the_loss_inputs():
 
 def test_an_inference_module_runs_as_a_script_when_an_input_is_not_used(tmp_path):
     g = gc.Graph("t")
-    X, y = g.input("X", ("N", 4)), g.input("y", ("N", 3))
+    X = g.input("X", ("N", 4))
+    g.input("y", ("N", 3))  # not read by the outputs
     pred = gc.matmul(X, g.param("W", (4, 3)), name="pred")
     path = gc.compile(g, outputs=[pred], dims={"N": 2}).save(tmp_path / "m.py")
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True)
