@@ -10,7 +10,6 @@ few) per graph node. ``onnx`` is an optional extra: it is imported only when one
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import keyword
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .compiler import npz_bytes
 from .errors import GraphcError, GraphError, ShapeError, SpecError
 from .graph import INPUT_RESERVED, Graph, Namer, Tensor, operands, topo_order
 from .inspect import CommandError
@@ -693,55 +693,32 @@ class SpecWriter:
         return align(rows)
 
     def text(self, spec_name: str, npz_name: str, command: str) -> str:
+        """The spec, through templates/spec.toml.j2."""
+        from .codegen import environment
+
         imp, G = self.imp, self.G
         g = imp.graph
-        lines = [
-            f"# Imported by graphc {__version__} from an ONNX model"
-            + (f" made by {comment(imp.producer)}" if imp.producer else "")
-            + (f", opset {imp.opset[0]}" + (f" converted to {imp.opset[1]}" if imp.opset[0] != imp.opset[1] else "")),
-            f"# Regenerate: {comment(command)}",
-            "# Names are the model's, made Python identifiers; a comment gives the ONNX name where it differs.",
-            f"params_file = {toml_string(npz_name)}  # the initializers, keyed by param name",
-            "",
-        ]
-        named = sorted({d for v in g.inputs for d in G.nodes[v]["shape"] if isinstance(d, str)})
-        if named:
-            lines.append("[dims]  # default sizes, for running the module as a script; predict and Trainer take any")
-            rows = []
-            for d in named:
-                onnx_name = self.imp.dim_names.get(d, d)
-                rows.append((f"{d} = {imp.dims.get(d, DEFAULT_DIM)}", f"ONNX: {onnx_name}" if onnx_name != d else None))
-            lines += align(rows) + [""]
-        lines.append("[inputs]")
-        rows = []
+        dims = []
+        for d in sorted({d for v in g.inputs for d in G.nodes[v]["shape"] if isinstance(d, str)}):
+            onnx_name = self.imp.dim_names.get(d, d)
+            dims.append((f"{d} = {imp.dims.get(d, DEFAULT_DIM)}", f"ONNX: {onnx_name}" if onnx_name != d else None))
+        inputs = []
         for v in g.inputs:
             shape = "[" + ", ".join(toml_string(d) if isinstance(d, str) else str(d) for d in G.nodes[v]["shape"]) + "]"
-            rows.append((f"{v} = {shape}", self.renamed(v)))
+            inputs.append((f"{v} = {shape}", self.renamed(v)))
         loss = self.loss_hint()
         if loss:
-            rows.append((f"# {loss[0]}", "to train: a target (see [train])"))
-        lines += align(rows)
-        lines += ["", "[params]"]
-        rows = []
+            inputs.append((f"# {loss[0]}", "to train: a target (see [train])"))
+        params = []
         for v in g.params:
             shape = "[" + ", ".join(str(d) for d in G.nodes[v]["shape"]) + "]"
-            rows.append((f"{v} = {{ shape = {shape}, init = \"file\" }}", self.renamed(v)))
-        lines += align(rows)
-        lines += ["", "[nodes]"] + self.lines()
-        if loss:
-            lines.append(f"# {loss[1]}")
-        lines += ["", "[train]", f"outputs = [{', '.join(toml_string(o) for o in imp.outputs)}]",
-                  f"dtype = {toml_string(g.dtype)}"]
-        if loss:
-            lines += [
-                "# While it has no loss, this spec compiles to an inference-only module (predict, init_params).",
-                "# To train or fine-tune from the imported weights, uncomment the target in [inputs], the loss",
-                "# in [nodes] and these lines:",
-                '# loss = "loss"',
-                '# optimizer = "adam"',
-                "# lr = 1e-3",
-            ]
-        return "\n".join(lines) + "\n"
+            params.append((f"{v} = {{ shape = {shape}, init = \"file\" }}", self.renamed(v)))
+        return environment().get_template("spec.toml.j2").render(
+            version=__version__, producer=comment(imp.producer) if imp.producer else None, opset=imp.opset,
+            command=comment(command), npz_name=toml_string(npz_name), dims=align(dims), inputs=align(inputs),
+            params=align(params), nodes=self.lines(), loss=loss[1] if loss else None,
+            outputs=[toml_string(o) for o in imp.outputs], dtype=toml_string(g.dtype),
+        )
 
     def renamed(self, v) -> str | None:
         onnx_name = self.imp.names.onnx.get(v)
@@ -786,12 +763,6 @@ def align(rows, widest: int = 64) -> list[str]:
 
 def spec_text(imported: Imported, spec_name: str, npz_name: str, command: str) -> str:
     return SpecWriter(imported).text(spec_name, npz_name, command)
-
-
-def npz_bytes(values: dict) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **values)
-    return buffer.getvalue()
 
 
 # ---- graphc import ---------------------------------------------------------------------------------------
