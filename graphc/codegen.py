@@ -12,7 +12,7 @@ import black
 import jinja2
 
 from . import fusion, optim
-from .graph import describe, dim_names, operands, topo_order
+from .graph import DTYPES, describe, dim_names, operands, topo_order
 from .ops import OPS
 from .schedule import Schedule
 
@@ -167,6 +167,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     )
     if train is not None:
         ws = sched.workspace
+        kernels = fused(sched) if backend == "cupy" else {}  # index of a chain's first statement -> its kernel
         buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values}
                    for i, b in enumerate(ws.buffers)]
         workspace_dims = dim_names(b.shape for b in ws.buffers)
@@ -182,13 +183,12 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
             trainer={
                 "buffers": buffers,
                 "dims": workspace_dims,
-                "body": trainer_body(sched, r, backend),
+                "body": trainer_body(sched, r, kernels),
                 "updates": [u.grad for u in ws.updates],
                 "own": opt.own and all(u.inplace for u in ws.updates),
             },
         )
-        if backend == "cupy":
-            context["kernels"] = list(fused(sched).values())
+        context["kernels"] = list(kernels.values())
         step = context["trainer"]
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
@@ -211,10 +211,9 @@ def fused(sched):
     return fusion.kernels(sched, macros, {name for name in OPS if hasattr(macros, name)})
 
 
-def trainer_body(sched, r: "Renderer", backend: str) -> list[dict]:
-    """Trainer.step's statements into the workspace; on the CuPy backend each fused chain is one kernel call."""
+def trainer_body(sched, r: "Renderer", kernels: dict) -> list[dict]:
+    """Trainer.step's statements into the workspace; each fused chain (``kernels``, CuPy) is one kernel call."""
     ws = sched.workspace
-    kernels = fused(sched) if backend == "cupy" else {}
     body, skip = [], 0
     for i, p in enumerate(ws.body):
         if skip:
@@ -244,7 +243,7 @@ def used_dims(dims: dict, body: list, extra=()) -> list[str]:
 
 def classes_of(G, v):
     """An integer input's number of classes (the class axis of the logits it is the target of), else None."""
-    if G.nodes[v]["dtype"] in ("float64", "float32"):
+    if G.nodes[v]["dtype"] in DTYPES:
         return None
     for w in G.successors(v):
         if G.nodes[w]["op"] == "cross_entropy":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import stat
 import tempfile
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 
 from . import __version__, optim
 from .autodiff import adjoint, check_loss
@@ -59,10 +61,6 @@ class CompiledModule:
 
 def npz_bytes(arrays: dict) -> bytes:
     """``arrays`` as the bytes of one .npz file (np.savez, in the dict's order)."""
-    import io
-
-    import numpy as np
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -312,8 +310,6 @@ def loss_reduction(G: nx.DiGraph, loss, batch: str | None) -> str | None:
 
 def check_init_values(G: nx.DiGraph, values: dict | None) -> dict:
     """The arrays of the params whose init is "file", checked against their shapes and cast to their dtype."""
-    import numpy as np
-
     values = dict(values or {})
     wanted = [v for v in G if G.nodes[v]["op"] == "param" and G.nodes[v]["init"] == "file"]
     out = {}
