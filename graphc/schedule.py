@@ -158,6 +158,17 @@ class Pool:
         self.free[b.shape, b.dtype].append(index)
 
 
+def temporaries(pool: Pool, graph: nx.DiGraph, v, dtype: str, start: int = 0) -> tuple[int, ...]:
+    """The buffers of ``v``'s temporaries (Op.scratches, from ``start`` on), each taken for this statement alone."""
+    data = graph.nodes[v]
+    shapes = [graph.nodes[a]["shape"] for a in operands(graph, v)]
+    taken = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {v}")
+                  for sh, dt in OPS[data["op"]].scratches(shapes, data["attrs"])[start:])
+    for index in taken:
+        pool.give_back(index)
+    return taken
+
+
 def plan_workspace(sched: Schedule) -> Workspace:
     """Assign every non-scalar value of the training step to a buffer; values whose lifetimes do not overlap
     share one (same shape and dtype), and elementwise ops write over an operand that dies at that statement."""
@@ -220,18 +231,9 @@ def plan_workspace(sched: Schedule) -> Workspace:
                 scratch = where[e] = pool.take(tuple(A.nodes[e]["shape"]), dtype, e)
                 kept[e] = s.node
                 if op.scratches is not None:
-                    shapes = [graph.nodes[a]["shape"] for a in args]
-                    rest = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {s.node}")
-                                 for sh, dt in op.scratches(shapes, data["attrs"])[1:])
-                    for index in rest:
-                        pool.give_back(index)
-                    scratch = (scratch, *rest)
-            elif op.scratches is not None:  # several temporaries, each taken for this statement alone
-                shapes = [graph.nodes[a]["shape"] for a in args]
-                scratch = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {s.node}")
-                                for sh, dt in op.scratches(shapes, data["attrs"]))
-                for index in scratch:
-                    pool.give_back(index)
+                    scratch = (scratch, *temporaries(pool, graph, s.node, dtype, start=1))
+            elif op.scratches is not None:
+                scratch = temporaries(pool, graph, s.node, dtype)
             elif op.scratch and first != ():
                 donor = reads[i][op.scratch_from] if op.scratch_from is not None else None
                 if donor in where and last[donor] == i and where[donor] != out \
