@@ -1,14 +1,13 @@
 """graphc: compile a static computational graph into a standalone NumPy training module."""
 
-__version__ = "0.1.0"
-
-from .errors import GraphcError, GraphError, ShapeError, SpecError  # noqa: E402
-from .graph import (  # noqa: E402
+from ._version import __version__
+from .errors import GraphcError, GraphError, ShapeError, SpecError
+from .graph import (
     Graph, Tensor, add, binary_cross_entropy_with_logits, cross_entropy, div, exp, from_networkx, leaky_relu, log,
     log_softmax, matmul, mean, mse, mul, neg, relu, sigmoid, softmax, sub, sum, tanh, transpose,
 )
-from .compiler import CompiledModule, compile  # noqa: E402
-from .spec import load_spec  # noqa: E402
+from .compiler import CompiledModule, compile
+from .spec import load_spec
 
 
 def from_onnx(model, dims=None):
@@ -22,7 +21,7 @@ def from_onnx(model, dims=None):
 
 
 __all__ = [
-    "CompiledModule", "Graph", "GraphError", "GraphcError", "ShapeError", "SpecError", "Tensor",
+    "__version__", "CompiledModule", "Graph", "GraphError", "GraphcError", "ShapeError", "SpecError", "Tensor",
     "add", "binary_cross_entropy_with_logits", "compile", "cross_entropy", "div", "exp", "from_networkx",
     "from_onnx", "leaky_relu", "load_spec", "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "relu",
     "sigmoid", "softmax", "sub", "sum", "tanh", "transpose",

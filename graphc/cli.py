@@ -9,9 +9,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__, inspect
-from .compiler import BACKENDS, compile, npz_bytes, write_atomic
-from .errors import GraphcError
+from . import explain
+from ._version import __version__
+from .compiler import BACKENDS, compile
+from .errors import CommandError, GraphcError
+from .files import npz_bytes, write_atomic
 from .onnx_io import add_commands as onnx_commands
 from .graph import DTYPES
 from .spec import load_spec
@@ -31,7 +33,7 @@ DIM = dict(metavar="NAME=SIZE", action="append", default=[],
 def dim_option(text: str) -> tuple[str, int]:
     name, sep, size = text.partition("=")
     if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
-        raise inspect.CommandError(f"--dim {text!r}: expected NAME=SIZE with a positive integer size, e.g. --dim N=32")
+        raise CommandError(f"--dim {text!r}: expected NAME=SIZE with a positive integer size, e.g. --dim N=32")
     return name.strip(), int(size)
 
 
@@ -62,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "svg|png draw it with Graphviz's dot.")
     s.add_argument("spec", **SPEC)
     views = s.add_mutually_exclusive_group()
-    for name, view in inspect.VIEWS.items():
+    for name, view in explain.VIEWS.items():
         if view.flag:
             views.add_argument(view.flag, dest="view", action="store_const", const=name, help=view.help)
     s.set_defaults(view="forward")
-    s.add_argument("--format", choices=inspect.FORMATS, default="text",
+    s.add_argument("--format", choices=explain.FORMATS, default="text",
                    help="text (default): equations; json: networkx node-link data; dot: Graphviz; "
                         "svg, png: a picture drawn by Graphviz's dot (needs -o)")
     s.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of printing")
@@ -81,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "differences of the generated loss. Prints one row per param; exits 1 if any fails.")
     k.add_argument("spec", **SPEC)
     k.add_argument("--seed", type=int, default=0, help="seed of init_params and of the inputs (default: 0)")
-    k.add_argument("--eps", type=float, default=inspect.DEFAULT_EPS,
-                   help=f"finite-difference step (default: {inspect.DEFAULT_EPS:g})")
-    k.add_argument("--rtol", type=float, default=inspect.DEFAULT_RTOL,
-                   help=f"tolerance, relative to the largest gradient element (default: {inspect.DEFAULT_RTOL:g})")
+    k.add_argument("--eps", type=float, default=explain.DEFAULT_EPS,
+                   help=f"finite-difference step (default: {explain.DEFAULT_EPS:g})")
+    k.add_argument("--rtol", type=float, default=explain.DEFAULT_RTOL,
+                   help=f"tolerance, relative to the largest gradient element (default: {explain.DEFAULT_RTOL:g})")
     k.add_argument("--dim", **DIM)
     k.set_defaults(run=run_check)
     onnx_commands(commands)  # graphc import, graphc export (onnx_io.py)
@@ -124,13 +126,13 @@ def run_compile(args) -> int:
 
 
 def run_show(args) -> int:
-    inspect.check_format(args.view, args.format)
-    if args.format in inspect.IMAGES and not args.output:
-        raise inspect.CommandError(f"--format {args.format} writes an image file: give -o FILE.{args.format}")
+    explain.check_format(args.view, args.format)
+    if args.format in explain.IMAGES and not args.output:
+        raise CommandError(f"--format {args.format} writes an image file: give -o FILE.{args.format}")
     module = compile_spec(load_spec(args.spec, dtype=args.dtype), args.spec, dims=args.dim)
-    text = inspect.show(module, args.view, args.format)
-    if args.format in inspect.IMAGES:
-        inspect.render_image(text, args.format, args.output)
+    text = explain.show(module, args.view, args.format)
+    if args.format in explain.IMAGES:
+        explain.render_image(text, args.format, args.output)
     elif args.output:
         write_atomic(args.output, text)
     else:
@@ -141,16 +143,16 @@ def run_show(args) -> int:
 
 def run_check(args) -> int:
     if not all(math.isfinite(x) and x > 0 for x in (args.eps, args.rtol)):
-        raise inspect.CommandError("--eps and --rtol must be positive numbers")
+        raise CommandError("--eps and --rtol must be positive numbers")
     if not 0 <= args.seed < 2**63:
-        raise inspect.CommandError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+        raise CommandError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
     module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec, dims=args.dim)
     mod = module.load()
-    report = inspect.check_gradients(mod, mod.init_params(args.seed), inspect.check_inputs(module, args.seed),
+    report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, args.seed),
                                      eps=args.eps, rtol=args.rtol)
     title = (f"graphc check {args.spec}: value_and_grad vs central differences "
              f"(float64, init_params({args.seed}), random inputs)")
-    return emit(inspect.check_text(report, title), 0 if report.ok else 1)
+    return emit(explain.check_text(report, title), 0 if report.ok else 1)
 
 
 def emit(text: str, status: int) -> int:
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except GraphcError as err:
-        if not err.file and getattr(args, "spec", None) and not isinstance(err, inspect.CommandError):
+        if not err.file and getattr(args, "spec", None) and not isinstance(err, CommandError):
             err.file = args.spec
         print(f"graphc: error: {err}", file=sys.stderr)
         return 2

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import os
-import stat
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
-from . import __version__, optim
+from ._version import __version__
 from .autodiff import adjoint, check_loss
 from .codegen import format_source, render
-from .errors import GraphcError, GraphError
-from .graph import DTYPES, Graph, Tensor, check_dtype, check_fits, dim_names, from_networkx, operands, topo_order
+from .errors import GraphError
+from .files import load_module, npz_bytes, write_atomic
+from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx
 from .passes import optimize
 from .schedule import Schedule, schedule
-
-DEFAULT_ITERATIONS = 100
-
+from .training import DEFAULT_ITERATIONS, Training, training
 
 @dataclass
 class CompiledModule:
@@ -50,59 +44,10 @@ class CompiledModule:
     def load(self):
         """Import the generated module (from a temporary file) and return it."""
         with tempfile.TemporaryDirectory(prefix="graphc-") as tmp:
-            path = self.save(Path(tmp) / f"{self.name}.py")
-            spec = importlib.util.spec_from_file_location(f"graphc_generated_{self.name}_{uuid.uuid4().hex}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            module = load_module(self.save(Path(tmp) / f"{self.name}.py"))
             if self.init_values:
                 module._stored_params()  # read the params file while it is there
         return module
-
-
-def npz_bytes(arrays: dict) -> bytes:
-    """``arrays`` as the bytes of one .npz file (np.savez, in the dict's order)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def write_atomic(path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename it over ``path``:
-    readers see the old file or the new one, never a part; on any failure the old file is left as it was and
-    the temporary file is removed. The new file keeps the old one's permissions (0644 for a new file).
-    Never over a spec: ``graphc compile m.toml -o m.toml`` would replace the model with its own module."""
-    path = Path(path)
-    if path.suffix.lower() in (".toml", ".json"):
-        raise GraphcError(f"cannot write to a {path.suffix} file, the kind a spec is: choose another name",
-                          file=str(path))
-    directory = path.parent
-    if not directory.is_dir():
-        reason = f"{str(directory)!r} is not a directory" if directory.exists() else \
-            f"directory {str(directory)!r} does not exist"
-        raise GraphcError(f"cannot write: {reason}", file=str(path))
-    if path.is_dir():
-        raise GraphcError("cannot write: it is a directory", file=str(path))
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError):
-            raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
-        raise
-    return path
 
 
 def node_name(x, what: str, g=None) -> str:
@@ -182,34 +127,6 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
 BACKENDS = ("numpy", "cupy")
 
 
-@dataclass(frozen=True)
-class Training:
-    """How the module trains: what codegen needs besides the schedule."""
-
-    optimizer: str
-    hyperparams: dict  # every one, lr included
-    batch_dim: str | None
-    loss_reduction: str | None  # "mean": the loss is a mean over the batch rows; "sum": a sum; None: neither
-    iterations: int
-    epochs: int | None
-    batch_size: int | None
-
-
-def training(G: nx.DiGraph, loss, optimizer="sgd", hyperparams=None, iterations=DEFAULT_ITERATIONS, epochs=None,
-             batch_size=None) -> Training:
-    """How ``G`` trains to minimise ``loss``, every setting checked."""
-    batch = batch_dim(G, loss)
-    train = Training(optimizer, optim.hyperparams(optimizer, hyperparams or {}), batch,
-                     loss_reduction(G, loss, batch), check_count(iterations, "iterations"),
-                     None if epochs is None else check_count(epochs, "epochs"),
-                     None if batch_size is None else check_count(batch_size, "batch_size"))
-    if train.batch_dim is None and (epochs is not None or batch_size is not None):
-        what = "batch_size" if batch_size is not None else "epochs"
-        raise GraphError(f"{what} needs a batch dimension: a named dimension (e.g. \"N\") as axis 0 of the "
-                         "inputs, such as X = [\"N\", 64]")
-    return train
-
-
 def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:
     if outputs is None:
         if loss is None:
@@ -229,83 +146,6 @@ def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:
     if len(set(outputs)) != len(outputs):
         raise GraphError(f"outputs {outputs} name a node twice")
     return outputs
-
-
-def check_count(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GraphError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_dims(G: nx.DiGraph, dims: dict | None) -> dict:
-    """Every named dimension of the inputs, with its default size (None where none is given)."""
-    names = dim_names(G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input")
-    dims = dict(dims or {})
-    for d, size in dims.items():
-        if size is None:  # no default: fine until a size is needed (the script, check, show)
-            continue
-        if d not in names:
-            known = ", ".join(names) or "none"
-            raise GraphError(f"dims gives {d!r} a size, but no input has that dimension (named dimensions: {known})")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise GraphError(f"dimension {d!r} must have a positive integer size, got {size!r}")
-    for d in names:
-        if d in G:
-            raise GraphError(f"dimension name {d!r} is also a node name: rename one of them", node=d)
-    return {d: dims.get(d) for d in names}
-
-
-def batch_dim(G: nx.DiGraph, loss) -> str | None:
-    """The batch dimension: the named dimension that is axis 0 of the inputs of the loss that carry it (and
-    nowhere else)."""
-    upstream = nx.ancestors(G, loss)
-    shapes = [G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input" and v in upstream]
-    first = next((s[0] for s in shapes if s and isinstance(s[0], str)), None)
-    if first is None or any(first in s[1:] for s in shapes):
-        return None
-    return first
-
-
-LOSS_OPS = ("mse", "cross_entropy", "binary_cross_entropy_with_logits")
-
-
-def loss_reduction(G: nx.DiGraph, loss, batch: str | None) -> str | None:
-    """How the loss combines the batch's rows: "mean" (the batch's loss is the row-weighted mean of its shards'
-    losses), "sum" (their sum), or None (neither: shards cannot be combined, e.g. log(mse(...))).
-
-    A loss op or a sum/mean over the batch axis is a sum or a mean; a constant factor, a negation and a sum of
-    terms of one kind keep that kind; a term without the batch (a penalty on params) may be added to a mean (the
-    shards' weights add up to one) but not to a sum."""
-    if batch is None:
-        return None
-    free = {}  # node -> True when no batched value reaches it
-    for v in topo_order(G):
-        data = G.nodes[v]
-        free[v] = batch not in data["shape"] if data["op"] == "input" else all(free[u] for u in G.predecessors(v))
-    kind = {}  # node -> "free", "rows" (one value per row, from that row alone), "mean", "sum" or None
-    for v in topo_order(G):
-        data, args = G.nodes[v], operands(G, v)
-        op, of = data["op"], [kind[u] for u in args]
-        per_row = all(k in ("rows", "free") for k in of)
-        if free[v]:
-            kind[v] = "free"
-        elif op in LOSS_OPS:
-            kind[v] = data["attrs"]["reduction"] if per_row else None
-        elif data["shape"][:1] == (batch,):  # per row, unless it mixes the rows (a softmax along them)
-            mixes = "axis" in data["attrs"] and op not in ("sum", "mean") and \
-                data["attrs"]["axis"] % len(data["shape"]) == 0
-            kind[v] = "rows" if per_row and not mixes else None
-        elif op in ("sum", "mean"):  # over the rows (the result has no batch axis), or over the other axes
-            kind[v] = op if of[0] == "rows" else of[0] if of[0] in ("mean", "sum") else None
-        elif op == "neg" or op == "mul" and "free" in of or op == "div" and of[1] == "free":
-            kind[v] = of[0] if of[0] != "free" else of[-1]
-            kind[v] = kind[v] if kind[v] in ("mean", "sum") else None
-        elif op in ("add", "sub"):
-            kinds = set(of)
-            kind[v] = "mean" if kinds in ({"mean"}, {"mean", "free"}) else "sum" if kinds == {"sum"} else None
-        else:
-            kind[v] = None
-    return kind[loss] if kind[loss] in ("mean", "sum") else None
 
 
 def check_init_values(G: nx.DiGraph, values: dict | None) -> dict:

@@ -24,21 +24,18 @@ nothing of Dask. Dask is an optional extra, imported only when a driver is made:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import re
 import sys
 import tempfile
 from pathlib import Path
 
+from .errors import DataParallelError
+from .files import load_module
+
 __all__ = ["DataParallelError", "DataParallelTrainer"]
 
 EXTRA_HINT = "graphc's Dask driver needs the dask extra: pip install 'graphc[dask]'"
-
-
-class DataParallelError(RuntimeError):
-    """A data-parallel step failed on the cluster (a worker died, the client closed, a task raised). The
-    driver-side params and optimizer state are exactly as after the last completed step."""
 
 
 def _require_distributed():
@@ -95,14 +92,7 @@ def _load_module(source: str, npz: bytes | None, stem: str):
         path.write_text(source, encoding="utf-8")
         if npz is not None:
             path.with_suffix(".npz").write_bytes(npz)
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
+        module = load_module(path, name, register=True)
     return module, path
 
 

@@ -46,3 +46,17 @@ class GraphError(GraphcError):
 
 class ShapeError(GraphcError):
     """Operand shapes do not fit the op."""
+
+
+class CommandError(GraphcError):
+    """A problem with the command line or this machine (no Graphviz), not with the spec: reported without the
+    spec's name."""
+
+
+class OnnxMissing(CommandError):
+    """``onnx`` is not installed: a problem with this machine, not with a file (reported without a file name)."""
+
+
+class DataParallelError(RuntimeError):
+    """A data-parallel step failed on the cluster (a worker died, the client closed, a task raised). The
+    driver-side params and optimizer state are exactly as after the last completed step."""

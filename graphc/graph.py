@@ -91,6 +91,24 @@ def dim_names(shapes) -> list[str]:
     return list(dict.fromkeys(d for shape in shapes for d in shape if isinstance(d, str)))
 
 
+def check_dims(G: nx.DiGraph, dims: dict | None) -> dict:
+    """Every named dimension of the inputs, with its default size (None where none is given)."""
+    names = dim_names(G.nodes[v]["shape"] for v in G if G.nodes[v]["op"] == "input")
+    dims = dict(dims or {})
+    for d, size in dims.items():
+        if size is None:  # no default: fine until a size is needed (the script, check, show)
+            continue
+        if d not in names:
+            known = ", ".join(names) or "none"
+            raise GraphError(f"dims gives {d!r} a size, but no input has that dimension (named dimensions: {known})")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise GraphError(f"dimension {d!r} must have a positive integer size, got {size!r}")
+    for d in names:
+        if d in G:
+            raise GraphError(f"dimension name {d!r} is also a node name: rename one of them", node=d)
+    return {d: dims.get(d) for d in names}
+
+
 def concrete(shape, sizes: dict, what: str = "") -> tuple[int, ...]:
     """``shape`` with each named dimension replaced by its size in ``sizes``."""
     missing = [d for d in shape if isinstance(d, str) and sizes.get(d) is None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import keyword
-import os
 import re
 import tempfile
 import uuid
@@ -21,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .compiler import npz_bytes
-from .errors import GraphcError, GraphError, ShapeError, SpecError
+from ._version import __version__
+from .errors import GraphcError, GraphError, OnnxMissing, ShapeError, SpecError
+from .files import npz_bytes, same_file, write_atomic, write_together
 from .graph import INPUT_RESERVED, Graph, Namer, Tensor, operands, topo_order
-from .inspect import CommandError
 
 OPSET = 17
 EXTRA = "pip install 'graphc[onnx]'"
@@ -38,10 +36,6 @@ FLOAT_TYPES = {1: "float32", 11: "float64"}  # ONNX TensorProto element types gr
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "log_softmax")
 INLINE_CHARS = 72
 DEFAULT_DIM = 32  # a named dimension's [dims] default when --dim NAME=SIZE gives none  # a single-use value is written inside its consumer when its text is at most this long
-
-
-class OnnxMissing(CommandError):
-    """``onnx`` is not installed: a problem with this machine, not with a file (reported without a file name)."""
 
 
 def onnx_module():
@@ -799,46 +793,6 @@ def import_files(model_path, output=None, dims=None, command: str = "") -> tuple
     return spec_path, npz_path
 
 
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def write_together(files: dict) -> None:
-    """Write every file or none: each goes to a temporary file beside it (through write_atomic), then all are
-    renamed into place. A failure before the renames leaves every existing file as it was."""
-    from .compiler import write_atomic
-    parts = {}
-    try:
-        for path, data in files.items():
-            path = Path(path)
-            if path.is_dir():
-                raise GraphcError("cannot write: it is a directory", file=str(path))
-            part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-            write_atomic(part, data)
-            if path.exists():
-                os.chmod(part, path.stat().st_mode & 0o7777)
-            parts[path] = part
-        for path, part in parts.items():
-            os.replace(part, path)
-    except BaseException as err:
-        for part in parts.values():
-            try:
-                os.unlink(part)
-            except OSError:
-                pass
-        if isinstance(err, GraphcError):
-            err.file = str(path)
-            raise
-        if isinstance(err, OSError):
-            raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
-        raise
-
-
 # ---- export: Graph -> ONNX ------------------------------------------------------------------------------
 
 ELEM_TYPES = {"float32": 1, "float64": 11}
@@ -1017,7 +971,6 @@ def read_params(path) -> dict:
 
 def export_file(spec_path, output=None, params_path=None) -> Path:
     """``graphc export``: the spec's outputs as an ONNX model at ``output`` (default: SPEC with .onnx)."""
-    from .compiler import write_atomic
     from .spec import load_spec
     onnx_module()  # before any work: a missing extra is the first thing to say
     spec = load_spec(spec_path)

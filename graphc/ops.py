@@ -38,6 +38,7 @@ class Op:
     int_operands: tuple = ()  # positions where an integer input (class indices) is allowed
     template_attrs: Callable | None = None  # (operand shapes, attrs) -> extra attrs for the macros
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
+    loss: bool = False  # a loss: a sum or a mean over its rows (reduction=), which training.loss_reduction reads
 
     @property
     def macro(self) -> str:
@@ -368,12 +369,13 @@ op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defa
 op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
 op("transpose", 1, transpose_shape, transpose_vjp, inline=True)  # a view, folded into its consumer: ``W2.T``
 op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"reduction": "mean"},
-   scratch=True, keeps="sub")  # the error pred - target, squared and summed without a temporary
+   scratch=True, keeps="sub", loss=True)  # the error pred - target, squared and summed without a temporary
 op("cross_entropy", 2, cross_entropy_shape, cross_entropy_vjp, attrs={"reduction": REDUCTION},
-   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch, keeps="softmax",
+   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch, keeps="softmax", loss=True,
    template_attrs=lambda shapes, attrs: {"indices": len(shapes[1]) == 1})  # target: class indices or probabilities
 op("binary_cross_entropy_with_logits", 2, bce_shape, bce_vjp, attrs={"reduction": REDUCTION},
-   defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2)
+   defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2,
+   loss=True)
 
 # Adjoint-only ops: what gradient rules build.
 def internal(name, arity, shape, **kw) -> None:

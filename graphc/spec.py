@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .compiler import DEFAULT_ITERATIONS, check_dims
 from .errors import GraphcError, GraphError, SpecError
 from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
-from .graph import DTYPES, Graph, Namer, Tensor, check_name, public_ops
+from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
+from .training import DEFAULT_ITERATIONS
 
 SECTIONS = {"name", "inputs", "params", "nodes", "train", "dims", "params_file"}
 HYPERPARAMS = {k for o in OPTIMIZERS.values() for k in o.hyperparams}  # lr among them

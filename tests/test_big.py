@@ -17,7 +17,7 @@ import graphc as gc
 from graphc.autodiff import MAX_TERMS, adjoint
 from graphc import compiler
 from graphc.codegen import _format_by_shape, format_source, render
-from graphc.compiler import training
+from graphc.training import training
 from graphc.passes import optimize
 from graphc.schedule import schedule
 from gradcheck import check_gradients

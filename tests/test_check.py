@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import inspect
+from graphc import explain
 from graphc.cli import main
 from graphc.compiler import CompiledModule
 
@@ -53,7 +53,7 @@ def check(module, corrupt=None, seed=0):
             return value, corrupt(dict(grads))
 
         mod.value_and_grad = corrupted
-    return inspect.check_gradients(mod, mod.init_params(seed), inspect.check_inputs(module, seed))
+    return explain.check_gradients(mod, mod.init_params(seed), explain.check_inputs(module, seed))
 
 
 def test_small_net_passes_and_reports_its_errors():
@@ -78,7 +78,7 @@ def test_a_corrupted_gradient_fails_and_is_named(name, index):
     assert [r.param for r in report.rows if not r.ok] == [name]
     bad = next(r for r in report.rows if r.param == name)
     assert bad.rel_err > 1e-4 and bad.kinks == 0
-    text = inspect.check_text(report, "title")
+    text = explain.check_text(report, "title")
     assert rows(text)[name] == "FAIL" and text.splitlines()[-1] == f"FAIL: wrong gradient for {name}"
 
 
@@ -108,7 +108,7 @@ def test_malformed_gradients_fail(corrupt, problem):
     report = check(small_net(), corrupt)
     assert not report.ok
     assert [r.problem for r in report.rows if r.problem] == [problem]
-    assert f"FAIL: {problem}" in inspect.check_text(report, "title")
+    assert f"FAIL: {problem}" in explain.check_text(report, "title")
 
 
 def test_a_value_and_grad_that_changes_the_params_fails():
@@ -124,7 +124,7 @@ def test_a_value_and_grad_that_changes_the_params_fails():
     mod.value_and_grad = meddling
     params = mod.init_params(0)
     before = params["W2"].copy()
-    report = inspect.check_gradients(mod, params, inspect.check_inputs(module, 0))
+    report = explain.check_gradients(mod, params, explain.check_inputs(module, 0))
     assert report.problems == ["value_and_grad changed the params it was given"] and not report.ok
     np.testing.assert_array_equal(params["W2"], before)  # restored, so the differences are taken at init
 
@@ -135,7 +135,7 @@ def test_relu_kinks_are_left_out_not_failed():
     assert report.ok
     by_name = {r.param: r for r in report.rows}
     assert by_name["W1"].kinks == 20 and by_name["b1"].kinks == 4 and by_name["W2"].kinks == 0
-    text = inspect.check_text(report, "title")
+    text = explain.check_text(report, "title")
     assert rows(text)["W1"].startswith("not checked: every element sits on a kink")
     assert text.splitlines()[-1] == "ok: 1 of 3 gradients match central differences; W1, b1 could not be compared " \
                                     "at these params"

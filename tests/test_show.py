@@ -12,7 +12,7 @@ import networkx as nx
 import pytest
 
 import graphc as gc
-from graphc import inspect
+from graphc import explain
 from graphc.cli import main
 from graphc.graph import operands
 from graphc.schedule import is_statement
@@ -53,7 +53,7 @@ def test_backward_text_gives_every_param_a_gradient_line(root, capsys):
         module = compiled(example)
         text = show(capsys, f"examples/{example}.toml", "--backward")
         for p in module.adjoint.graph["grads"]:
-            shape = inspect.fmt_shape(module.graph.nodes[p]["shape"])
+            shape = explain.fmt_shape(module.graph.nodes[p]["shape"])
             assert re.search(rf"^d{p}{re.escape(shape)} = .*# d \w+ / d {p}\b", text, re.M), (example, p)
 
 
@@ -203,7 +203,7 @@ def test_missing_graphviz_is_one_line_and_leaves_the_file(root, tmp_path):
     env = {"PATH": str(tmp_path / "nowhere")}
     result = graphc("show", "two_layer.toml", "--format", "svg", "-o", "picture.svg", cwd=tmp_path, env=env)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"graphc: error: {inspect.INSTALL_DOT}\n"
+    assert result.stderr == f"graphc: error: {explain.INSTALL_DOT}\n"
     assert "apt-get install graphviz" in result.stderr and "brew install graphviz" in result.stderr
     assert (tmp_path / "picture.svg").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["picture.svg", "two_layer.toml"]

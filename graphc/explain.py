@@ -24,15 +24,10 @@ import numpy as np
 
 from . import optim
 from .codegen import Renderer, classes_of, compiler_name, compiler_names
-from .compiler import write_atomic
-from .errors import GraphcError
+from .errors import CommandError
+from .files import write_atomic
 from .graph import INT_DTYPES, concrete, describe, operands, topo_order
 from .schedule import is_statement, value_of
-
-
-class CommandError(GraphcError):
-    """A problem with the command line or this machine (no Graphviz), not with the spec: reported without the
-    spec's name."""
 
 
 INSTALL_DOT = ("Graphviz's dot is not installed (Debian/Ubuntu: apt-get install graphviz; "
