@@ -15,7 +15,7 @@ def from_onnx(model, dims=None):
 
     Needs the ``onnx`` extra (``pip install 'graphc[onnx]'``); ``import graphc`` itself never imports onnx.
     """
-    from .onnx_io import from_onnx as _from_onnx
+    from .onnx import from_onnx as _from_onnx
 
     return _from_onnx(model, dims=dims)
 

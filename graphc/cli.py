@@ -12,10 +12,10 @@ from pathlib import Path
 from . import explain
 from ._version import __version__
 from .compiler import BACKENDS, compile
-from .errors import CommandError, GraphcError
+from .errors import CommandError, GraphcError, OnnxMissing, SpecError
 from .files import npz_bytes, write_atomic
-from .onnx_io import add_commands as onnx_commands
 from .graph import DTYPES
+from .onnx import export_file, import_files
 from .spec import load_spec
 
 
@@ -89,8 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"tolerance, relative to the largest gradient element (default: {explain.DEFAULT_RTOL:g})")
     k.add_argument("--dim", **DIM)
     k.set_defaults(run=run_check)
-    onnx_commands(commands)  # graphc import, graphc export (onnx_io.py)
+    onnx_commands(commands)
     return parser
+
+
+def onnx_commands(commands) -> None:
+    """``graphc import`` and ``graphc export`` (graphc/onnx/)."""
+    i = commands.add_parser(
+        "import", help="import an ONNX model as a spec (SPEC.toml) and its weights (SPEC.npz)",
+        description="Translate MODEL.onnx into a readable spec and, beside it, SPEC.npz with the model's "
+                    "initializers (params with init = \"file\"). ONNX dim_params become named dimensions.")
+    i.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
+    i.add_argument("-o", "--output", metavar="SPEC.toml", help="where to write the spec (default: MODEL with .toml)")
+    i.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="INPUT.AXIS=N names an axis the model leaves unnamed (INPUT.AXIS=64 fixes its size); "
+                        "NAME=32 gives a named dimension its default size; repeatable")
+    i.set_defaults(run=run_import)
+
+    e = commands.add_parser(
+        "export", help="export SPEC's forward graph (its outputs) as an ONNX model",
+        description="Write the forward graph of SPEC's outputs as an ONNX model (opset 17): named dimensions as "
+                    "dim_params, params as initializers (from --params, a save_params file, else the module's "
+                    "init_params(0): the spec's params_file or random draws).")
+    e.add_argument("spec", **SPEC)
+    e.add_argument("--params", metavar="TRAINED.npz", help="the params to export (save_params' .npz)")
+    e.add_argument("-o", "--output", metavar="MODEL.onnx", help="where to write the model (default: SPEC with .onnx)")
+    e.set_defaults(run=run_export)
 
 
 def compile_spec(spec, source: str, command: str | None = None, lr: float | None = None, dims=(),
@@ -153,6 +177,42 @@ def run_check(args) -> int:
     title = (f"graphc check {args.spec}: value_and_grad vs central differences "
              f"(float64, init_params({args.seed}), random inputs)")
     return emit(explain.check_text(report, title), 0 if report.ok else 1)
+
+
+def import_dims(items) -> dict:
+    """``graphc import``'s --dim options: NAME=SIZE, or INPUT.AXIS=SIZE|NAME."""
+    dims = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise SpecError(f"--dim {item}: write NAME=SIZE (a named dimension's default) or INPUT.AXIS=SIZE|NAME")
+        if key in dims:
+            raise SpecError(f"--dim {key} is given twice")
+        dims[key] = value
+    return dims
+
+
+def run_import(args) -> int:
+    command = ["graphc", "import", args.model]
+    if args.output:
+        command += ["-o", args.output]
+    for d in args.dim:
+        command += ["--dim", d]
+    try:
+        spec, npz = import_files(args.model, args.output, import_dims(args.dim), shlex.join(command))
+    except OnnxMissing:
+        raise
+    except GraphcError as err:
+        raise err.located(file=args.model)
+    print(f"graphc: wrote {spec} and {npz}")
+    return 0
+
+
+def run_export(args) -> int:
+    out = export_file(args.spec, args.output, args.params)
+    print(f"graphc: wrote {out}")
+    return 0
 
 
 def emit(text: str, status: int) -> int:

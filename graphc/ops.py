@@ -39,6 +39,7 @@ class Op:
     template_attrs: Callable | None = None  # (operand shapes, attrs) -> extra attrs for the macros
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
     loss: bool = False  # a loss: a sum or a mean over its rows (reduction=), which training.loss_reduction reads
+    onnx: str = ""  # the ONNX op type it is, one node of the same operands and no attributes (graphc/onnx reads it)
 
     @property
     def macro(self) -> str:
@@ -348,17 +349,17 @@ def bce_vjp(b, v, xs, g):
 
 # ---- the table -------------------------------------------------------------------------------------------
 # Public ops: what specs and the builder may use.
-op("matmul", 2, matmul_shape, matmul_vjp)
-op("add", 2, broadcast_shape, add_vjp, inplace=True)
-op("sub", 2, broadcast_shape, sub_vjp, inplace=True)
-op("mul", 2, broadcast_shape, mul_vjp, inplace=True)
-op("div", 2, broadcast_shape, div_vjp, inplace=True)
-op("neg", 1, same_shape, neg_vjp, inplace=True)
-op("relu", 1, same_shape, relu_vjp, inplace=True)
-op("exp", 1, same_shape, exp_vjp, inplace=True)
-op("log", 1, same_shape, log_vjp, inplace=True)
-op("tanh", 1, same_shape, tanh_vjp, inplace=True)
-op("sigmoid", 1, same_shape, sigmoid_vjp, inplace=True)  # exp(-logaddexp(0, -x)): no overflow at -1000
+op("matmul", 2, matmul_shape, matmul_vjp, onnx="MatMul")
+op("add", 2, broadcast_shape, add_vjp, inplace=True, onnx="Add")
+op("sub", 2, broadcast_shape, sub_vjp, inplace=True, onnx="Sub")
+op("mul", 2, broadcast_shape, mul_vjp, inplace=True, onnx="Mul")
+op("div", 2, broadcast_shape, div_vjp, inplace=True, onnx="Div")
+op("neg", 1, same_shape, neg_vjp, inplace=True, onnx="Neg")
+op("relu", 1, same_shape, relu_vjp, inplace=True, onnx="Relu")
+op("exp", 1, same_shape, exp_vjp, inplace=True, onnx="Exp")
+op("log", 1, same_shape, log_vjp, inplace=True, onnx="Log")
+op("tanh", 1, same_shape, tanh_vjp, inplace=True, onnx="Tanh")
+op("sigmoid", 1, same_shape, sigmoid_vjp, inplace=True, onnx="Sigmoid")  # exp(-logaddexp(0, -x)): no overflow at -1000
 op("leaky_relu", 1, same_shape, leaky_relu_vjp, attrs={"negative_slope": NUMBER},
    defaults={"negative_slope": 0.01}, inplace=True, scratch=True)
 op("softmax", 1, along_axis_shape, softmax_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1},

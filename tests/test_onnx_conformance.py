@@ -3,7 +3,7 @@
 The onnx wheel ships ``backend/test/data/pytorch-converted`` and ``pytorch-operator`` (PyTorch modules converted
 by the ONNX project: a model and input/output protobufs) and ``onnx.backend.test.case.node``, the node test cases
 (a model and data sets each). A case is *selected* when every op of its graph is one graphc imports
-(``onnx_io.SUPPORTED``); the others are *skipped*, each with the first unsupported op, computed below.
+(``graphc.onnx.SUPPORTED``); the others are *skipped*, each with the first unsupported op, computed below.
 
 A selected case either runs (import, compile, ``predict``, compared with the stored outputs) or is rejected at
 import with graphc's one-line error (a supported op in a form graphc does not compute: a 3-D MatMul, integer
@@ -27,7 +27,7 @@ import onnx  # in the test extra: make test installs it
 from onnx import numpy_helper
 
 import graphc as gc
-from graphc import onnx_io
+from graphc.onnx import importer
 from graphc.errors import GraphcError
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
@@ -72,7 +72,7 @@ def unsupported_op(model) -> str | None:
     for n in model.graph.node:
         if n.domain not in ("", "ai.onnx"):
             return f"{n.domain}::{n.op_type}"
-        if n.op_type not in onnx_io.SUPPORTED:
+        if n.op_type not in importer.SUPPORTED:
             return n.op_type
     return None
 
@@ -107,7 +107,7 @@ def run_case(case: str) -> str:
     """Import, compile and predict one selected case; "run" when every output matches, else the rejection."""
     model, sets = CASES[case]()
     try:
-        imported = onnx_io.import_model(model)
+        imported = importer.import_model(model)
     except GraphcError as err:
         return f"rejected: {err}"
     initializers = {t.name for t in model.graph.initializer}
@@ -180,9 +180,9 @@ def test_selection_is_computed_from_the_ops():
     """The skipped cases are exactly those with an op outside SUPPORTED, and each names that op."""
     assert SELECTED and SKIPPED
     for case in SELECTED:
-        assert {n.op_type for n in model_of(case).graph.node} <= set(onnx_io.SUPPORTED)
+        assert {n.op_type for n in model_of(case).graph.node} <= set(importer.SUPPORTED)
     for case, op in SKIPPED.items():
         ops = {n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model_of(case).graph.node}
-        assert op in ops and op not in onnx_io.SUPPORTED
+        assert op in ops and op not in importer.SUPPORTED
     assert "pytorch-converted/test_Linear" in SELECTED and "node/test_gemm_all_attributes" in SELECTED
     assert SKIPPED["pytorch-converted/test_AvgPool2d"] == "AveragePool"

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import graphc as gc
-from graphc import onnx_io
+from graphc.onnx import importer, spec_writer
 from graphc.cli import main
 from graphc.spec import load_spec
 
@@ -197,7 +197,7 @@ def init(name, array):
 
 def check_against_reference(model, feeds: dict, dims=None, rtol=1e-5):
     """Compile the imported model and compare predict with onnx.reference on ``feeds``."""
-    imported = onnx_io.import_model(model, dims)
+    imported = importer.import_model(model, dims)
     mod = gc.compile(imported.graph, outputs=imported.outputs, init_values=imported.values,
                      dims={d: 2 for v in imported.graph.inputs for d in imported.graph.nx.nodes[v]["shape"]
                            if isinstance(d, str)}).load()
@@ -209,7 +209,7 @@ def check_against_reference(model, feeds: dict, dims=None, rtol=1e-5):
 
 
 def spec_of(imported) -> str:
-    return onnx_io.spec_text(imported, "m.toml", "m.npz", "graphc import m.onnx")
+    return spec_writer.spec_text(imported, "m.toml", "m.npz", "graphc import m.onnx")
 
 
 def test_gemm_attributes_become_transposes_and_multiplications():
@@ -217,7 +217,7 @@ def test_gemm_attributes_become_transposes_and_multiplications():
     A, B, C = (rng.standard_normal(s).astype(np.float32) for s in [(3, 4), (5, 3), (5,)])
     node = helper.make_node("Gemm", ["A", "B", "C"], ["Y"], alpha=0.5, beta=2.0, transA=1, transB=1)
     model = make_model([node], [vi("A", ["N", 4])], [vi("Y", [4, 5])], [init("B", B), init("C", C)])
-    imported = onnx_io.import_model(model, {"A.0": "3"})
+    imported = importer.import_model(model, {"A.0": "3"})
     assert 'Y = "0.5 * (transpose(A) @ transpose(B)) + 2.0 * C"' in spec_of(imported)
     mod = gc.compile(imported.graph, outputs=imported.outputs, init_values=imported.values).load()
     np.testing.assert_allclose(mod.predict(mod.init_params(), A), 0.5 * A.T @ B.T + 2.0 * C, rtol=1e-5)
@@ -290,13 +290,13 @@ def test_names_are_sanitised_uniquely_and_mapped_back_in_comments(tmp_path):
 
 
 def test_identifier_rules():
-    assert onnx_io.identifier("fc1.weight") == "fc1_weight"
-    assert onnx_io.identifier("/fc1/Gemm_output_0") == "fc1_Gemm"
-    assert onnx_io.identifier("0.weight") == "v0_weight"
-    assert onnx_io.identifier("_hidden") == "hidden"
-    assert onnx_io.identifier("def") == "def_"
-    assert onnx_io.identifier("a-b c\u00e9") == "a_b_c"
-    assert onnx_io.identifier("...") == "v"
+    assert importer.identifier("fc1.weight") == "fc1_weight"
+    assert importer.identifier("/fc1/Gemm_output_0") == "fc1_Gemm"
+    assert importer.identifier("0.weight") == "v0_weight"
+    assert importer.identifier("_hidden") == "hidden"
+    assert importer.identifier("def") == "def_"
+    assert importer.identifier("a-b c\u00e9") == "a_b_c"
+    assert importer.identifier("...") == "v"
 
 
 def test_unnamed_dimension_needs_dim_and_dim_fixes_or_names_it(tmp_path):
@@ -348,7 +348,7 @@ def test_unsupported_op_names_the_op_the_node_and_the_supported_list(tmp_path):
     result = graphc("import", "m.onnx", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == ("graphc: error: m.onnx: ONNX node 'the_abs' (Abs): unsupported op Abs (graphc imports "
-                             f"{', '.join(onnx_io.SUPPORTED)})\n")
+                             f"{', '.join(importer.SUPPORTED)})\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 

@@ -1,0 +1,248 @@
+"""The ONNX exporter: the forward graph of a spec's outputs -> a checked ONNX model (opset 17).
+
+Built like the importer, the other way: an op of the table whose ``onnx`` field names an ONNX op type is that
+one node; every other op has one small function here, registered by name with ``@exporter("op")``, that writes
+its ONNX node (or a few). To export a new op, either give its row in graphc/ops.py ``onnx="OpType"`` (the same
+operands, no attributes) or write, for example::
+
+    @exporter("leaky_relu")
+    def leaky_relu(ex, v, args, attrs):
+        ex.node("LeakyRelu", args, v, alpha=float(attrs.get("negative_slope", 0.01)))
+
+``ex`` is the ``Exporter`` (``node``, ``ints``, ``scalar`` and ``fresh`` add ONNX nodes, constants and names),
+``v`` the graph node, ``args`` its operands (ONNX value names), ``attrs`` its attributes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import networkx as nx
+import numpy as np
+
+from .._version import __version__
+from ..compiler import compile
+from ..errors import GraphcError, GraphError, SpecError
+from ..files import same_file, write_atomic
+from ..graph import Graph, Namer, operands, topo_order
+from ..ops import OPS
+from ..spec import load_spec
+from .model import OPSET, first_line, onnx_module
+
+ELEM_TYPES = {"float32": 1, "float64": 11}
+EXPORTERS: dict[str, Callable] = {}  # graphc op -> exporter(ex, v, args, attrs), for the ops that are not one node
+
+
+def exporter(*ops: str):
+    """Register the decorated function as the exporter of graphc ops ``ops``."""
+    def register(fn):
+        for op in ops:
+            EXPORTERS[op] = fn
+        return fn
+    return register
+
+
+class Exporter:
+    """The forward graph of ``outputs`` as an ONNX graph: one node (or a few) per graph node."""
+
+    def __init__(self, G, outputs, params: dict, name: str):
+        self.onnx = onnx_module()
+        self.G, self.outputs, self.params, self.name = G, list(outputs), params, name
+        self.dtype = G.graph.get("dtype", "float64")
+        self.nodes, self.initializers, self.inputs = [], [], []
+        self.namer = Namer(set(G))
+
+    def fresh(self, hint: str) -> str:
+        return self.namer(hint)
+
+    def node(self, op_type: str, inputs, output: str, **attrs) -> str:
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [output], name=output, **attrs))
+        return output
+
+    def ints(self, values, hint: str) -> str:
+        name = self.fresh(hint)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+    def scalar(self, value: float, hint: str) -> str:
+        name = self.fresh(hint)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(value, self.dtype), name))
+        return name
+
+    def value_info(self, v):
+        shape = [d if isinstance(d, str) else int(d) for d in self.G.nodes[v]["shape"]]
+        elem = ELEM_TYPES.get(self.G.nodes[v].get("dtype", self.dtype), 7)  # 7: INT64, class indices
+        return self.onnx.helper.make_tensor_value_info(v, elem, shape)
+
+    def run(self):
+        helper = self.onnx.helper
+        needed = set(self.outputs)
+        for o in self.outputs:
+            needed |= nx.ancestors(self.G, o)
+        for v in topo_order(self.G):
+            if v not in needed:
+                continue
+            data = self.G.nodes[v]
+            op = data["op"]
+            if op == "input":
+                self.inputs.append(self.value_info(v))
+            elif op == "param":
+                if v not in self.params:
+                    raise GraphError(f"no value for param {v!r}", node=v)
+                array = np.asarray(self.params[v])
+                if array.shape != tuple(data["shape"]):
+                    raise GraphError(f"param {v!r} has shape {array.shape}, the spec says {tuple(data['shape'])}",
+                                     node=v)
+                self.initializers.append(self.onnx.numpy_helper.from_array(
+                    np.ascontiguousarray(array, dtype=data.get("dtype", self.dtype)), v))
+            elif op == "const":
+                self.initializers.append(self.onnx.numpy_helper.from_array(
+                    np.asarray(data["attrs"]["value"], data.get("dtype", self.dtype)), v))
+            else:
+                self.op(v, op, operands(self.G, v), data.get("attrs", {}))
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, [self.value_info(o) for o in self.outputs],
+                                  initializer=self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphc",
+                                  producer_version=__version__)
+        model.ir_version = 8  # the IR of opset 17: what onnxruntime and older tools read
+        try:
+            self.onnx.checker.check_model(model, full_check=True)
+        except Exception as err:
+            raise GraphError(f"the exported model fails onnx.checker: {first_line(err)}") from None
+        return model
+
+    def op(self, v, op: str, args, attrs) -> None:
+        if op in OPS and OPS[op].onnx:
+            self.node(OPS[op].onnx, args, v)
+        elif op in EXPORTERS:
+            EXPORTERS[op](self, v, args, attrs)
+        else:
+            raise GraphError(f"graphc cannot export op {op!r} to ONNX", node=v)
+
+    def axes(self, attrs):
+        axis = attrs.get("axis")
+        return None if axis is None else [int(axis)] if isinstance(axis, int) else [int(a) for a in axis]
+
+    def reduce_all(self, x, v, reduction):
+        self.node("ReduceMean" if reduction == "mean" else "ReduceSum", [x], v, keepdims=0)
+
+
+# ---- the exporters: one per op of the table that is not one ONNX node of the same operands ----------------
+
+@exporter("transpose")
+def transpose(ex, v, args, attrs):
+    ex.node("Transpose", args, v, perm=[1, 0])
+
+
+@exporter("leaky_relu")
+def leaky_relu(ex, v, args, attrs):
+    ex.node("LeakyRelu", args, v, alpha=float(attrs.get("negative_slope", 0.01)))
+
+
+@exporter("softmax")
+def softmax(ex, v, args, attrs):
+    ex.node("Softmax", args, v, axis=int(attrs.get("axis", -1)))
+
+
+@exporter("log_softmax")
+def log_softmax(ex, v, args, attrs):
+    ex.node("LogSoftmax", args, v, axis=int(attrs.get("axis", -1)))
+
+
+@exporter("sum")
+def reduce_sum(ex, v, args, attrs):
+    axes = ex.axes(attrs)
+    inputs = list(args) + ([ex.ints(axes, f"{v}_axes")] if axes is not None else [])
+    ex.node("ReduceSum", inputs, v, keepdims=int(bool(attrs.get("keepdims", False))))
+
+
+@exporter("mean")
+def reduce_mean(ex, v, args, attrs):
+    axes = ex.axes(attrs)
+    extra = {} if axes is None else {"axes": axes}
+    ex.node("ReduceMean", args, v, keepdims=int(bool(attrs.get("keepdims", False))), **extra)
+
+
+@exporter("mse")
+def mse(ex, v, args, attrs):
+    err = ex.node("Sub", args, ex.fresh(f"{v}_err"))
+    sq = ex.node("Mul", [err, err], ex.fresh(f"{v}_sq"))
+    ex.reduce_all(sq, v, attrs.get("reduction", "mean"))
+
+
+@exporter("cross_entropy")
+def cross_entropy(ex, v, args, attrs):
+    logits, target = args
+    reduction = attrs.get("reduction", "mean")
+    if ex.G.nodes[target].get("dtype") == "int64":
+        ex.node("SoftmaxCrossEntropyLoss", [logits, target], v, reduction=reduction)
+        return
+    logp = ex.node("LogSoftmax", [logits], ex.fresh(f"{v}_logp"), axis=-1)
+    prod = ex.node("Mul", [target, logp], ex.fresh(f"{v}_prod"))
+    rows = ex.node("ReduceSum", [prod, ex.ints([-1], f"{v}_axes")], ex.fresh(f"{v}_rows"), keepdims=0)
+    neg = ex.node("Neg", [rows], ex.fresh(f"{v}_neg"))
+    ex.reduce_all(neg, v, reduction)
+
+
+@exporter("binary_cross_entropy_with_logits")
+def binary_cross_entropy_with_logits(ex, v, args, attrs):
+    x, t = args
+    # max(x, 0) - x * t + log(1 + exp(-|x|)): stable for large |x|, as PyTorch computes it
+    pos = ex.node("Relu", [x], ex.fresh(f"{v}_pos"))
+    xt = ex.node("Mul", [x, t], ex.fresh(f"{v}_xt"))
+    absx = ex.node("Abs", [x], ex.fresh(f"{v}_abs"))
+    nabs = ex.node("Neg", [absx], ex.fresh(f"{v}_nabs"))
+    e = ex.node("Exp", [nabs], ex.fresh(f"{v}_exp"))
+    one = ex.scalar(1.0, f"{v}_one")
+    lg = ex.node("Log", [ex.node("Add", [e, one], ex.fresh(f"{v}_1p"))], ex.fresh(f"{v}_log"))
+    each = ex.node("Add", [ex.node("Sub", [pos, xt], ex.fresh(f"{v}_d")), lg], ex.fresh(f"{v}_each"))
+    ex.reduce_all(each, v, attrs.get("reduction", "mean"))
+
+
+# ---- graphc export --------------------------------------------------------------------------------------
+
+def to_onnx(g, outputs, params: dict, name: str | None = None):
+    """The forward graph of ``outputs`` (node names) of Graph or DiGraph ``g`` as a checked ``onnx.ModelProto``."""
+    G = g.nx if isinstance(g, Graph) else g
+    return Exporter(G, outputs, params, name or G.graph.get("name", "model")).run()
+
+
+def module_params(spec) -> dict:
+    """``init_params(0)`` of the module the spec compiles to (its params_file's values, or random draws)."""
+    module = compile(spec.graph, **spec.options()).load()
+    return {k: np.array(v) for k, v in module.init_params(0).items()}
+
+
+def read_params(path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise SpecError("cannot read the params: no such file", file=str(path)) from None
+    except Exception as err:
+        raise SpecError(f"cannot read the params: not a .npz of arrays ({first_line(err)})", file=str(path)) from None
+
+
+def export_file(spec_path, output=None, params_path=None) -> Path:
+    """``graphc export``: the spec's outputs as an ONNX model at ``output`` (default: SPEC with .onnx)."""
+    onnx_module()  # before any work: a missing extra is the first thing to say
+    spec = load_spec(spec_path)
+    out = Path(output) if output else Path(spec_path).with_suffix(".onnx")
+    if params_path is not None and same_file(out, Path(params_path)):
+        raise GraphcError("writing the model would replace the --params file: choose another -o", file=str(out))
+    outputs = spec.outputs or [spec.loss]
+    G = spec.graph.nx
+    if params_path is not None:
+        params = read_params(params_path)
+        for v in spec.graph.params:
+            if v not in params:
+                raise SpecError(f"no array for param {v!r}", file=str(params_path), node=v)
+            if params[v].shape != tuple(G.nodes[v]["shape"]):
+                raise SpecError(f"param {v!r} has shape {params[v].shape}, the spec says "
+                                f"{tuple(G.nodes[v]['shape'])}", file=str(params_path), node=v)
+    else:
+        params = module_params(spec)
+    model = to_onnx(spec.graph, outputs, params)
+    write_atomic(out, model.SerializeToString())
+    return out
