@@ -319,9 +319,8 @@ class Importer:
 
     # -- nodes --
     def translate(self, node) -> None:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in CONVERTERS:
-            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-            raise GraphError(f"unsupported op {op} (graphc imports {', '.join(CONVERTERS)})")
+        if node.op_type not in CONVERTERS:  # model.py has refused the nodes of other domains
+            raise GraphError(f"unsupported op {node.op_type} (graphc imports {', '.join(CONVERTERS)})")
         outs = [o for o in node.output if o]
         if len(outs) != 1:
             raise GraphError(f"{node.op_type} with {len(outs)} outputs: graphc imports single-output nodes")
