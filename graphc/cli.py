@@ -12,7 +12,7 @@ from pathlib import Path
 from . import explain
 from ._version import __version__
 from .compiler import BACKENDS, compile
-from .errors import CommandError, GraphcError, OnnxMissing, SpecError
+from .errors import CommandError, GraphcError, OnnxMissing, SpecError, one_line
 from .files import npz_bytes, write_atomic
 from .graph import DTYPES
 from .onnx import export_file, import_files
@@ -114,6 +114,9 @@ def onnx_commands(commands) -> None:
     e.add_argument("spec", **SPEC)
     e.add_argument("--params", metavar="TRAINED.npz", help="the params to export (save_params' .npz)")
     e.add_argument("-o", "--output", metavar="MODEL.onnx", help="where to write the model (default: SPEC with .onnx)")
+    e.add_argument("--force", action="store_true",
+                   help="replace the output file even if graphc did not write it (say, the model SPEC was imported "
+                        "from); without it, export replaces only the models graphc wrote")
     e.set_defaults(run=run_export)
 
 
@@ -200,17 +203,24 @@ def run_import(args) -> int:
     for d in args.dim:
         command += ["--dim", d]
     try:
-        spec, npz = import_files(args.model, args.output, import_dims(args.dim), shlex.join(command))
+        dims = import_dims(args.dim)
+        spec, npz, imported = import_files(args.model, args.output, dims, shlex.join(command))
     except OnnxMissing:
         raise
     except GraphcError as err:
         raise err.located(file=args.model)
     print(f"graphc: wrote {spec} and {npz}")
+    fixed = imported.fixed_input()
+    if fixed and not any("." in key for key in dims):  # an INPUT.AXIS option fixed a size on purpose
+        shape = tuple(imported.graph.nx.nodes[fixed]["shape"])
+        print(one_line(f"graphc: note: every input dimension of {args.model} is fixed ({fixed} is {shape}), so the "
+                       f"module takes that batch size only: to take any, import again with --dim {fixed}.0=N (or "
+                       f"export the model with dynamic_axes= or dynamic_shapes=)"), file=sys.stderr)
     return 0
 
 
 def run_export(args) -> int:
-    out = export_file(args.spec, args.output, args.params)
+    out = export_file(args.spec, args.output, args.params, force=args.force)
     print(f"graphc: wrote {out}")
     return 0
 

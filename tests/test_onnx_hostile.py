@@ -169,3 +169,86 @@ def test_a_node_of_another_domain_names_the_op_and_the_domain(tmp_path):
     one_line_error(result, "'norm' (Normalizer)", "domain 'ai.onnx.ml'")
     assert "convert" not in result.stderr
     assert files(tmp_path).keys() == {"m.onnx"}
+
+
+# ---- graphc export: params it cannot write, files it did not write --------------------------------------
+
+SPEC = """
+[inputs]
+x = ["N", 3]
+
+[params]
+W = { shape = [3, 2], init = "randn" }
+
+[nodes]
+y = "relu(x @ W)"
+
+[train]
+outputs = ["y"]
+"""
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.ones((3, 2), np.complex128), "param 'W' is an array of complex128"),
+    (np.ones((3, 2), np.int64), "param 'W' is an array of int64"),
+    (np.full((3, 2), "w"), "param 'W' is an array of <U1"),
+    (np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]]), "param 'W' holds NaN or infinite values"),
+    (np.array([[1.0, np.inf], [0.0, 1.0], [1.0, 1.0]]), "param 'W' holds NaN or infinite values"),
+])
+def test_export_params_that_are_not_finite_floats_are_one_line(array, message, tmp_path):
+    (tmp_path / "s.toml").write_text(SPEC)
+    np.savez(tmp_path / "p.npz", W=array)
+    result = graphc("export", "s.toml", "--params", "p.npz", "-o", "s.onnx", cwd=tmp_path)
+    one_line_error(result, "p.npz", message)
+    assert files(tmp_path).keys() == {"s.toml", "p.npz"}
+
+
+def test_export_replaces_only_models_graphc_wrote_unless_forced(tmp_path):
+    (tmp_path / "mlp.toml").write_text(SPEC)
+    pytorch = (FIXTURES / "mlp.onnx").read_bytes()  # made by PyTorch's exporter
+    assert onnx.load_from_string(pytorch).producer_name == "pytorch"
+    (tmp_path / "mlp.onnx").write_bytes(pytorch)
+    (tmp_path / "notes.txt").write_text("mine")
+    for target in ("mlp.onnx", "notes.txt"):
+        args = ("export", "mlp.toml") if target == "mlp.onnx" else ("export", "mlp.toml", "-o", target)
+        one_line_error(graphc(*args, cwd=tmp_path), target, "--force")
+    assert (tmp_path / "mlp.onnx").read_bytes() == pytorch and (tmp_path / "notes.txt").read_text() == "mine"
+    assert "'pytorch'" in graphc("export", "mlp.toml", cwd=tmp_path).stderr
+    result = graphc("export", "mlp.toml", "--force", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "graphc: wrote mlp.onnx\n", result.stderr
+    assert onnx.load(str(tmp_path / "mlp.onnx")).producer_name == "graphc"
+    np.savez(tmp_path / "p.npz", W=np.ones((3, 2)))
+    result = graphc("export", "mlp.toml", "--params", "p.npz", cwd=tmp_path)  # its own model: replaced
+    assert result.returncode == 0, result.stderr
+    W = numpy_helper.to_array(onnx.load(str(tmp_path / "mlp.onnx")).graph.initializer[0])
+    np.testing.assert_array_equal(W, np.ones((3, 2)))
+
+
+# ---- graphc import: a model of fixed sizes --------------------------------------------------------------
+
+def fixed_model(tmp_path, shape):
+    W = numpy_helper.from_array(np.ones((4, 2), np.float32), "W")
+    model = model_of([helper.make_node("MatMul", ["x", "W"], ["y"])],
+                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 2])], [W])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+
+
+def test_import_says_when_every_input_dimension_is_fixed(tmp_path):
+    fixed_model(tmp_path, [2, 4])
+    result = graphc("import", "m.onnx", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "graphc: wrote m.toml and m.npz\n"
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("graphc: note: ")
+    assert "every input dimension of m.onnx is fixed (x is (2, 4))" in result.stderr
+    assert "--dim x.0=N" in result.stderr
+    assert 'x = [2, 4]' in (tmp_path / "m.toml").read_text()
+    result = graphc("import", "m.onnx", "--dim", "x.0=N", cwd=tmp_path)  # the fix it names
+    assert result.returncode == 0 and result.stderr == ""
+    assert 'x = ["N", 4]' in (tmp_path / "m.toml").read_text()
+    assert graphc("import", "m.onnx", "--dim", "x.0=8", cwd=tmp_path).stderr == ""  # fixed on purpose
+
+
+def test_import_of_a_model_with_a_named_dimension_says_nothing(tmp_path):
+    fixed_model(tmp_path, ["batch", 4])
+    result = graphc("import", "m.onnx", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""

@@ -31,6 +31,7 @@ from ..spec import load_spec
 from .model import OPSET, first_line, onnx_module
 
 ELEM_TYPES = {"float32": 1, "float64": 11}
+PRODUCER = "graphc"  # the producer name of the models graphc writes: the ones export may replace
 EXPORTERS: dict[str, Callable] = {}  # graphc op -> exporter(ex, v, args, attrs), for the ops that are not one node
 
 
@@ -103,7 +104,7 @@ class Exporter:
                 self.op(v, op, operands(self.G, v), data.get("attrs", {}))
         graph = helper.make_graph(self.nodes, self.name, self.inputs, [self.value_info(o) for o in self.outputs],
                                   initializer=self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphc",
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER,
                                   producer_version=__version__)
         model.ir_version = 8  # the IR of opset 17: what onnxruntime and older tools read
         try:
@@ -214,35 +215,61 @@ def module_params(spec) -> dict:
     return {k: np.array(v) for k, v in module.init_params(0).items()}
 
 
-def read_params(path) -> dict:
+def read_params(path, G, names) -> dict:
+    """The arrays of params ``names`` from a ``save_params`` file: each there, of its shape, finite floats."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            params = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise SpecError("cannot read the params: no such file", file=str(path)) from None
     except Exception as err:
         raise SpecError(f"cannot read the params: not a .npz of arrays ({first_line(err)})", file=str(path)) from None
+    for v in names:
+        array, shape = params.get(v), tuple(G.nodes[v]["shape"])
+        if array is None:
+            problem = f"no array for param {v!r}"
+        elif array.shape != shape:
+            problem = f"param {v!r} has shape {array.shape}, the spec says {shape}"
+        elif array.dtype.kind != "f":
+            problem = f"param {v!r} is an array of {array.dtype}: graphc exports float params"
+        elif not np.isfinite(array).all():
+            problem = f"param {v!r} holds NaN or infinite values: graphc exports finite params"
+        else:
+            continue
+        raise SpecError(problem, file=str(path), node=v)
+    return params
 
 
-def export_file(spec_path, output=None, params_path=None) -> Path:
-    """``graphc export``: the spec's outputs as an ONNX model at ``output`` (default: SPEC with .onnx)."""
+def export_file(spec_path, output=None, params_path=None, force: bool = False) -> Path:
+    """``graphc export``: the spec's outputs as an ONNX model at ``output`` (default: SPEC with .onnx). An existing
+    file there is replaced only if graphc wrote it (its producer name), or with ``force``."""
     onnx_module()  # before any work: a missing extra is the first thing to say
     spec = load_spec(spec_path)
     out = Path(output) if output else Path(spec_path).with_suffix(".onnx")
     if params_path is not None and same_file(out, Path(params_path)):
         raise GraphcError("writing the model would replace the --params file: choose another -o", file=str(out))
+    if not force:
+        check_replaceable(out)
     outputs = spec.outputs or [spec.loss]
     G = spec.graph.nx
-    if params_path is not None:
-        params = read_params(params_path)
-        for v in spec.graph.params:
-            if v not in params:
-                raise SpecError(f"no array for param {v!r}", file=str(params_path), node=v)
-            if params[v].shape != tuple(G.nodes[v]["shape"]):
-                raise SpecError(f"param {v!r} has shape {params[v].shape}, the spec says "
-                                f"{tuple(G.nodes[v]['shape'])}", file=str(params_path), node=v)
-    else:
-        params = module_params(spec)
+    params = module_params(spec) if params_path is None else read_params(params_path, G, spec.graph.params)
     model = to_onnx(spec.graph, outputs, params)
     write_atomic(out, model.SerializeToString())
     return out
+
+
+def check_replaceable(out: Path) -> None:
+    """An existing regular file at ``out`` is an ONNX model that graphc wrote (say, the PyTorch model a spec was
+    imported from is not)."""
+    if not out.is_file():
+        return
+    model = onnx_module().ModelProto()
+    try:
+        model.ParseFromString(out.read_bytes())
+        producer = model.producer_name
+    except Exception:  # not an ONNX model at all
+        producer = None
+    if producer != PRODUCER:
+        made = f"was made by {producer!r}" if producer else "is not a model graphc wrote"
+        raise GraphcError(f"the existing file {made}: export replaces only its own models; choose another -o, or "
+                          "give --force to replace it", file=str(out))

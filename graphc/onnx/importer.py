@@ -97,6 +97,15 @@ class Imported:
     opset: tuple = (0, 0)  # (the model's opset, the one it was converted to)
     producer: str = ""
 
+    def fixed_input(self) -> str | None:
+        """The first input with an axis, when every axis of every input has a fixed size (a model exported
+        without dynamic axes, whose module takes one batch size only); else None."""
+        G = self.graph.nx
+        shapes = {v: G.nodes[v]["shape"] for v in self.graph.inputs}
+        if any(isinstance(d, str) for shape in shapes.values() for d in shape):
+            return None
+        return next((v for v, shape in shapes.items() if shape), None)
+
 
 def from_onnx(source, dims=None):
     """``(Graph, {param name: initial array})`` from an ONNX model: a path, the file's bytes or a ModelProto.

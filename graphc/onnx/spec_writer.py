@@ -160,8 +160,9 @@ def spec_text(imported: Imported, spec_name: str, npz_name: str, command: str) -
     return SpecWriter(imported).text(spec_name, npz_name, command)
 
 
-def import_files(model_path, output=None, dims=None, command: str = "") -> tuple[Path, Path]:
-    """``graphc import``: write SPEC.toml and SPEC.npz for the model at ``model_path``; return their paths."""
+def import_files(model_path, output=None, dims=None, command: str = "") -> tuple[Path, Path, Imported]:
+    """``graphc import``: write SPEC.toml and SPEC.npz for the model at ``model_path``; return their paths and
+    what was imported."""
     model_path = Path(model_path)
     spec_path = Path(output) if output else model_path.with_suffix(".toml")
     if spec_path.suffix != ".toml":
@@ -176,6 +177,6 @@ def import_files(model_path, output=None, dims=None, command: str = "") -> tuple
     text = spec_text(imported, spec_path.name, npz_path.name,
                      command or f"graphc import {model_path} -o {spec_path}")
     write_together({npz_path: npz_bytes(imported.values), spec_path: text.encode("utf-8")})
-    return spec_path, npz_path
+    return spec_path, npz_path, imported
 
 
