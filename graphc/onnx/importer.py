@@ -9,7 +9,9 @@ by name. To import a new op type, write one function at the end of this file, fo
         return imp.unary("abs")
 
 It gets the ``Importer`` (its helpers read operands, attributes and constants, and add graph nodes) and the
-ONNX node, and returns the node's value: a Tensor, a float (a scalar constant) or an int array (axes).
+ONNX node, and returns the node's value: a Tensor, a float (a scalar constant) or an int array (axes). An op of
+the table whose row in graphc/ops.py names the ONNX op type (``onnx="Abs"``: one operand, no attributes) needs
+no new function: add the type to the ``converter(...)(elementwise)`` line below.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class Imported:
 
 
 def from_onnx(source, dims=None):
-    """``(Graph, {param name: initial array})`` from an ONNX model: a path, the file's bytes or a ModelProto.
+    """``(Graph, {param name: initial array})`` from an ONNX model: a path, the file's bytes or a ModelProto
+    (only a path may keep tensors in external data files: they are read from its folder).
 
     ``dims`` maps a named dimension to its default size (``{"N": 32}``) or an input's axis
     (``"X.0"``) to a size or a name, for axes the model leaves without either.
