@@ -13,7 +13,7 @@ from . import explain
 from ._version import __version__
 from .compiler import BACKENDS, compile
 from .errors import CommandError, GraphcError, OnnxMissing, SpecError, one_line
-from .files import npz_bytes, write_atomic
+from .files import holds, npz_bytes, same_file, write_atomic
 from .graph import DTYPES
 from .onnx import export_file, import_files
 from .spec import load_spec
@@ -141,15 +141,29 @@ def run_compile(args) -> int:
     if args.backend != "numpy":
         command += ["--backend", args.backend]
     module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr, dims=args.dim, backend=args.backend)
-    npz = out.with_suffix(".npz")
-    if module.init_values and spec.params_path and npz.resolve() == spec.params_path.resolve() \
-            and npz.read_bytes() != npz_bytes(module.init_values):
-        raise GraphcError(f"the module's params file {str(npz)!r} would replace the spec's params_file, whose "
-                          "contents differ (its dtype, or arrays that are not params): write the module elsewhere "
-                          "with -o")
+    check_collisions(spec, out, module)
     module.save(out)
     print(f"graphc: wrote {out}" + (f" and {out.with_suffix('.npz')}" if module.init_values else ""))
     return 0
+
+
+def check_collisions(spec, out: Path, module) -> None:
+    """The files compile writes (the module, its params file) are neither each other nor the files it reads (the
+    spec, its params_file): ``-o important.npz`` must not write the module over the weights. (No file is ever
+    written over a .toml or .json: see files.write_atomic.)"""
+    npz = out.with_suffix(".npz")
+    if spec.params_path and same_file(out, spec.params_path):
+        raise CommandError(f"-o {str(out)!r} is the spec's params_file: the module would replace it; give a name "
+                           "ending in .py")
+    if not module.init_values:
+        return
+    if same_file(out, npz):
+        raise CommandError(f"-o {str(out)!r}: the module and its params file would both be that file; give a name "
+                           "ending in .py")
+    if spec.params_path and same_file(npz, spec.params_path) and not holds(npz, npz_bytes(module.init_values)):
+        raise CommandError(f"the module's params file {str(npz)!r} would replace the spec's params_file, whose "
+                           "contents differ (its dtype, or arrays that are not params): write the module elsewhere "
+                           "with -o")
 
 
 def run_show(args) -> int:
@@ -174,9 +188,15 @@ def run_check(args) -> int:
     if not 0 <= args.seed < 2**63:
         raise CommandError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
     module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec, dims=args.dim)
+    if module.training is None:
+        raise GraphcError("the spec has no [train] loss: there are no gradients to check")
     mod = module.load()
-    report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, args.seed),
-                                     eps=args.eps, rtol=args.rtol)
+    try:
+        report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, args.seed),
+                                         eps=args.eps, rtol=args.rtol)
+    except MemoryError:
+        raise CommandError("not enough memory to run the model at its [dims] sizes: give smaller ones with "
+                           "--dim NAME=SIZE") from None
     title = (f"graphc check {args.spec}: value_and_grad vs central differences "
              f"(float64, init_params({args.seed}), random inputs)")
     return emit(explain.check_text(report, title), 0 if report.ok else 1)

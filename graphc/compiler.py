@@ -12,8 +12,8 @@ import numpy as np
 from ._version import __version__
 from .autodiff import adjoint, check_loss
 from .codegen import format_source, render
-from .errors import GraphError
-from .files import load_module, npz_bytes, write_atomic
+from .errors import GraphcError, GraphError
+from .files import check_spec_suffix, holds, load_module, npz_bytes, same_file, write_atomic, write_together
 from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx
 from .passes import optimize
 from .schedule import Schedule, schedule
@@ -35,16 +35,20 @@ class CompiledModule:
         """Write the source to ``path`` atomically, and the params file beside it (``path`` with .npz) when some
         param's init is "file": a failure leaves existing files as they were."""
         path = Path(path)
-        if self.init_values:
-            data, npz = npz_bytes(self.init_values), path.with_suffix(".npz")
-            if not (npz.is_file() and npz.read_bytes() == data):  # the spec's own params file, say: leave it be
-                write_atomic(npz, data)
-        return write_atomic(path, self.source)
+        if not self.init_values:
+            return write_atomic(path, self.source)
+        data, npz = npz_bytes(self.init_values), path.with_suffix(".npz")
+        if same_file(npz, path):
+            raise GraphcError(f"the module and its params file would both be {str(path)!r}: give the module a name "
+                              "ending in .py", file=str(path))
+        check_spec_suffix(path)
+        write_together({path: self.source} if holds(npz, data) else {npz: data, path: self.source})
+        return path
 
     def load(self):
         """Import the generated module (from a temporary file) and return it."""
-        with tempfile.TemporaryDirectory(prefix="graphc-") as tmp:
-            module = load_module(self.save(Path(tmp) / f"{self.name}.py"))
+        with tempfile.TemporaryDirectory(prefix="graphc-") as tmp:  # (a name the file system takes)
+            module = load_module(self.save(Path(tmp) / f"{self.name[:64]}.py"))
             if self.init_values:
                 module._stored_params()  # read the params file while it is there
         return module

@@ -103,6 +103,12 @@ def check_dims(G: nx.DiGraph, dims: dict | None) -> dict:
             raise GraphError(f"dims gives {d!r} a size, but no input has that dimension (named dimensions: {known})")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise GraphError(f"dimension {d!r} must have a positive integer size, got {size!r}")
+    for v in G:  # at the default sizes too, an input fits the limit of one tensor
+        shape = G.nodes[v]["shape"] if G.nodes[v]["op"] == "input" else ()
+        if math.prod(dims.get(d) or 1 if isinstance(d, str) else d for d in shape) > MAX_ELEMENTS:
+            sizes = [dims.get(d) or d if isinstance(d, str) else d for d in shape]
+            raise GraphError(f"at the default sizes of its named dimensions ([dims]), input {v!r} would have shape "
+                             f"{sizes} and more than {MAX_ELEMENTS} elements", node=v)
     for d in names:
         if d in G:
             raise GraphError(f"dimension name {d!r} is also a node name: rename one of them", node=d)

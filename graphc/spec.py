@@ -11,9 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from .errors import GraphcError, GraphError, SpecError
+from .files import read_npz, read_regular
 from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
 from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
@@ -56,10 +56,9 @@ def read(path: Path) -> dict:
     if path.suffix not in (".toml", ".json"):
         raise SpecError(f"unknown file type {path.suffix or '(none)'!r}: a spec is a .toml or .json file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = (err.strerror or str(err)) if isinstance(err, OSError) else "not UTF-8 text"
-        raise SpecError(f"cannot read the spec: {reason}") from None
+        text = read_regular(path, "spec", SpecError).decode("utf-8")  # a FIFO or a device: refused, not read
+    except UnicodeDecodeError:
+        raise SpecError("cannot read the spec: not UTF-8 text") from None
     kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
         if kind == "TOML":
@@ -205,17 +204,37 @@ def params_file(data: dict, path: str, g: Graph) -> tuple[dict, Path | None]:
         return {}, None
     if not isinstance(name, str) or not name.endswith(".npz"):
         raise SpecError(f"params_file must name a .npz file, got {name!r}")
-    file = Path(path).parent / name
+    folder = Path(path).parent
+    file = folder / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not inside(file, folder):
+        raise SpecError(f"params_file {name!r} is outside the spec's folder: it names a file beside the spec "
+                        "(or below it)")
+    shapes = {p: g.nx.nodes[p]["shape"] for p in wanted}
+
+    def check(key, shape, dtype):  # from the array's header: nothing but the wanted arrays is read
+        if key not in shapes:
+            return False
+        if shape != shapes[key] or dtype.kind != "f":
+            return f"params_file {name!r} has {shape} {dtype}, but the param is {shapes[key]} {g.nx.nodes[key]['dtype']}"
+        return True
+
     try:
-        with np.load(file, allow_pickle=False) as arrays:
-            values = {k: arrays[k] for k in arrays.files}
-    except (OSError, ValueError, EOFError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else "not a .npz file of arrays"
-        raise SpecError(f"cannot read params_file {name!r}: {reason}") from None
+        values = read_npz(file, f"params_file {name!r}", check, SpecError)
+    except SpecError as err:
+        err.file = None  # an error of the spec: it names the params_file, the command names the spec
+        raise
     for p in wanted:
         if p not in values:
             raise SpecError(f"params_file {name!r} has no array {p!r}", node=p)
     return {p: values[p] for p in wanted}, file
+
+
+def inside(file: Path, folder: Path) -> bool:
+    """``file`` resolves (symlinks followed) to a path inside ``folder``."""
+    try:
+        return file.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def as_float(x) -> float:
