@@ -10,7 +10,9 @@ and save_params(params, path) / load_params(path). Running it trains on random d
 """
 
 import os
+import stat
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -85,9 +87,9 @@ def _inputs(**inputs):
                         f"dimension {d!r}: input {bound[d]!r} has {dims[d]} but input {name!r} has {n}"
                     )
         if name in _CLASSES:
-            value = value.astype(np.int64, copy=False)
             classes = _CLASSES[name]
             classes = dims.get(classes) if isinstance(classes, str) else classes
+            # checked before the conversion to int64, where a uint64 index may not fit
             if value.size and classes is not None:
                 low, high = value.min(), value.max()
                 if low < 0 or high >= classes:
@@ -95,7 +97,17 @@ def _inputs(**inputs):
                     raise ValueError(
                         f"input {name!r}: class index {bad} is outside [0, {classes})"
                     )
+            value = value.astype(np.int64, copy=False)
         arrays.append(value)
+    return (*arrays, dims)
+
+
+def _batch(**inputs):
+    """_inputs(), for the functions of the loss: a batch without rows has no loss (its mean would be 0 / 0)."""
+    *arrays, dims = _inputs(**inputs)
+    empty = [d for d, n in dims.items() if n == 0]
+    if empty:
+        raise ValueError(f"the batch is empty: dimension {empty[0]!r} is 0")
     return (*arrays, dims)
 
 
@@ -119,6 +131,18 @@ def _check_params(params, names=PARAMS, array=np.ndarray):
             )
 
 
+def _check_writable(params):
+    """A step updates every param in place: one it cannot write fails Trainer(), not a step halfway."""
+    for name in PARAMS:
+        flags = params[name].flags
+        writable = getattr(flags, "writeable", True)
+        if not writable or not flags.c_contiguous:
+            what = "C-contiguous" if writable else "writable"
+            raise ValueError(
+                f"param {name!r} is not {what}: Trainer updates params in place; give it a copy"
+            )
+
+
 def save_params(params, path):
     """Write params (a dict like init_params') to path as one .npz, atomically."""
     _check_params(params)
@@ -131,27 +155,89 @@ def load_params(path):
 
 
 def _read_npz(path, names, what):
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
-    extra = sorted(set(arrays) - set(names))
-    try:
-        _check_params(arrays, names, np.ndarray)  # on the host
+    """The params `names` from the .npz file at path: names, shapes and dtypes checked before any data is read."""
+
+    def check(headers):
+        for name in names:
+            if name not in headers:
+                raise ValueError(f"param {name!r} is missing")
+            if headers[name] != (_SHAPES[name], DTYPE):
+                shape, dtype = headers[name]
+                raise ValueError(
+                    f"param {name!r}: expected an array of shape {_SHAPES[name]} {DTYPE.__name__}, got {shape} {dtype}"
+                )
+        extra = sorted(set(headers) - set(names))
         if extra:
             raise ValueError(f"{extra[0]!r} is not a param of this model")
-    except ValueError as err:
-        raise ValueError(f"{what} {os.fspath(path)!r}: {err}") from None
+        return names
+
+    arrays = _load_npz(path, what, check)
     return {name: arrays[name] for name in names}
 
 
-def _write_npz(path, arrays):
-    """np.savez through a temporary file renamed over path: readers never see a part, a failure keeps the old file."""
+def _load_npz(path, what, check):
+    """The arrays of the .npz file at path, None for those not read. check(headers) gets every array's
+    (shape, dtype), raises ValueError for what it refuses and returns the names to read: no data is read
+    before, so a small file cannot make this read a huge array. Only a regular file is read (a FIFO would
+    block, a device never end)."""
     path = os.fspath(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("it is not a regular file")
+        # O_NONBLOCK: a FIFO put there since the stat does not block the open either
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f, zipfile.ZipFile(f) as archive:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("it is not a regular file")
+            members = {info.filename[:-4]: info for info in archive.infolist()}
+            headers = {
+                name: _npy_header(archive, info) for name, info in members.items()
+            }
+            arrays = dict.fromkeys(members)
+            for name in check(headers):
+                with archive.open(members[name]) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+        return arrays
+    except (ValueError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, zipfile.BadZipFile):
+            err = "not a .npz file (a zip of .npy arrays, as save_params and Trainer.save write)"
+        raise ValueError(f"{what} {path!r}: {err}") from None
+
+
+def _npy_header(archive, info):
+    """(shape, dtype) of a member of a .npz, from its .npy header alone."""
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"its member {info.filename!r} is not a .npy array")
+    with archive.open(info) as member:
+        fmt = np.lib.format
+        version = fmt.read_magic(member)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+        if version not in read:
+            raise ValueError(f"its member {info.filename!r} is .npy version {version}")
+        shape, _, dtype = read[version](member)
+    return shape, dtype
+
+
+def _write_npz(path, arrays):
+    """np.savez through a temporary file renamed over path: readers never see a part, a failure keeps the old
+    file. Only a regular file is replaced; the new one keeps its mode."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG | 0o644
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"cannot write {path!r}: it is not a regular file")
     fd, tmp = tempfile.mkstemp(
         prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
     )
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            # on disk before the rename makes it the file
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(mode))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -262,6 +348,7 @@ class Trainer:
 
     def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
         _check_params(params)
+        _check_writable(params)
         self.params = params
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
@@ -412,8 +499,9 @@ class Trainer:
 
     def load(self, path):
         """Load a checkpoint written by save() into this Trainer; returns the Trainer."""
-        with np.load(path, allow_pickle=False) as data:
-            self.load_state_dict(dict(data))
+        arrays = self._arrays()
+        state = _load_npz(path, "checkpoint", lambda h: _state_headers(h, arrays))
+        self.load_state_dict(state)
         return self
 
     def _arrays(self):
@@ -426,6 +514,28 @@ class Trainer:
         return arrays
 
 
+def _state_headers(headers, arrays):
+    """Trainer.load's check of a checkpoint's headers: the Trainer's arrays in it have their shape and dtype,
+    its optimizer name and step count are small. Returns the names to read: the others are not read (and
+    load_state_dict refuses them by name)."""
+    for key, (shape, dtype) in headers.items():
+        if key in arrays:
+            ok = (shape, dtype) == (arrays[key].shape, arrays[key].dtype)
+            want = f"this model's is {arrays[key].shape} {arrays[key].dtype}"
+        elif key in ("optimizer", "steps"):
+            ok = (
+                shape == ()
+                and dtype.kind in ("U" if key == "optimizer" else "iu")
+                and dtype.itemsize <= 64
+            )
+            want = "a name" if key == "optimizer" else "a count"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"the checkpoint's {key!r} is {shape} {dtype}, {want}")
+    return [key for key in headers if key in arrays or key in ("optimizer", "steps")]
+
+
 def _check_finite(step, *values):
     for name, value in values:
         bad = ~np.isfinite(value)
@@ -436,7 +546,13 @@ def _check_finite(step, *values):
             )
 
 
+def _positive(what, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
 def _repeat(step, inputs, iterations, log_every):
+    _positive("iterations", iterations)
     losses = []
     for i in range(iterations):
         losses.append(step(*inputs))
