@@ -28,10 +28,11 @@ import inspect
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from .errors import DataParallelError
-from .files import load_module
+from .errors import DataParallelError, GraphcError
+from .files import SPEC_SUFFIXES, load_module, read_regular
 
 __all__ = ["DataParallelError", "DataParallelTrainer"]
 
@@ -71,12 +72,17 @@ def _read_module(module) -> tuple[str, bytes | None, str, str]:
             return (module.source, npz.read_bytes() if npz.exists() else None, module.name,
                     f"the compiled module {module.name!r}")
     path = Path(module)
+    if path.suffix.lower() in SPEC_SUFFIXES:
+        raise ValueError(f"{str(path)!r} is a spec: DataParallelTrainer takes a module graphc generated from it "
+                         f"(graphc compile {path.name}, or graphc.compile(...))")
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_regular(path, "generated module").decode("utf-8")
         npz = path.with_suffix(".npz")
-        return source, npz.read_bytes() if npz.exists() else None, path.stem, str(path)
-    except OSError as err:
-        raise ValueError(f"cannot read the generated module {str(path)!r}: {err.strerror or err}") from None
+        return source, read_regular(npz, "params file") if npz.exists() else None, path.stem, str(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read the generated module {str(path)!r}: not UTF-8 text") from None
+    except GraphcError as err:
+        raise ValueError(str(err)) from None
 
 
 def _load_module(source: str, npz: bytes | None, stem: str):
@@ -279,20 +285,33 @@ class DataParallelTrainer:
             raise DataParallelError(f"no data on the workers{self._lost}: call scatter(*inputs) first")
         n = self.steps + 1
         client, futures = self.client, []
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
+        def left():  # seconds left of the step's timeout: every wait of the step is bounded by it
+            return max(deadline - time.monotonic(), 0.001)
+
         try:
             # The params go out once per step: one broadcast to the shards' workers, then one task per shard.
-            [params] = client.scatter([self.trainer.params], workers=self.workers, broadcast=True, hash=False)
+            # (Client.scatter's own timeout= does not bound a worker that stops answering: the call is bounded as
+            # Client.scatter makes it, through Client.sync.)
+            [params] = client.sync(client._scatter, [self.trainer.params], workers=self.workers, broadcast=True,
+                                   hash=False, callback_timeout=None if deadline is None else left())
             fn = self.module.value_and_grad
             futures = [client.submit(fn, params, *shard, workers=[w], allow_other_workers=False, pure=False)
                        for w, shard in zip(self.workers, self._shards)]
-            if self.timeout is not None:
-                _require_distributed().wait(futures, timeout=self.timeout)
-            results = client.gather(futures)
+            if deadline is None:
+                results = client.gather(futures)
+            else:
+                _require_distributed().wait(futures, timeout=left())
+                results = [f.result(timeout=left()) for f in futures]
             loss, grads = self._combine(results)
         except Exception as err:
             self._cancel(futures)
             raise DataParallelError(self._failure(n, err)) from err
-        self.trainer.apply_gradients(grads)
+        try:
+            self.trainer.apply_gradients(grads)  # check_finite: FloatingPointError before anything is applied
+        except FloatingPointError as err:
+            raise DataParallelError(f"data-parallel step {n} failed: {err}") from err
         self.steps = n
         return loss
 
@@ -338,6 +357,8 @@ class DataParallelTrainer:
 
     def _failure(self, n: int, err: BaseException) -> str:
         """The message of a failed step; forgets the shards when a worker holding one has left."""
+        timed_out = isinstance(err, TimeoutError) and not str(err)
+        why = f"{type(err).__name__}: {f'no answer within the timeout ({self.timeout} s)' if timed_out else err}"
         if getattr(self.client, "status", "running") in ("closing", "closed"):
             self.release()
             self._lost = " (the client closed)"
@@ -352,11 +373,11 @@ class DataParallelTrainer:
             pass  # the client itself is gone; its shards go with it
         else:
             if not lost:
-                return (f"data-parallel step {n} failed: {type(err).__name__}: {err}; the params are as after "
+                return (f"data-parallel step {n} failed: {why}; the params are as after "
                         f"step {n - 1}, nothing of step {n} was applied")
         self.release()
         self._lost = f" (they were lost in step {n})"
         gone = f"worker(s) {', '.join(lost)} left the cluster" if lost else "the cluster cannot be reached"
-        return (f"data-parallel step {n} failed: {type(err).__name__}: {err}; {gone}; the params are as after "
+        return (f"data-parallel step {n} failed: {why}; {gone}; the params are as after "
                 f"step {n - 1}, nothing of step {n} was applied; call scatter(*inputs) again to re-shard the data "
                 "on the workers left")

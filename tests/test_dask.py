@@ -4,6 +4,8 @@ One LocalCluster of 2 worker processes (1 thread each) for the module. graphc is
 so every test also checks that the workers need only the generated module (shipped with upload_file) and NumPy.
 """
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -275,6 +277,42 @@ def test_a_step_past_its_timeout_changes_nothing(client, tmp_path):
     assert_same_params(dp.params, ref.params)
 
 
+def test_a_frozen_worker_fails_the_step_within_its_timeout(client, tmp_path):
+    """A worker that stops answering (SIGSTOP) while the params are scattered: the step's timeout bounds every wait
+    of the step, the scatter too; DataParallelError, nothing applied; once it answers again, training goes on."""
+    path = mlp(tmp_path, "mean", optimizer="sgd", lr=0.05, momentum=0.9)
+    X, y = mlp_data()
+    dp = DataParallelTrainer(client, path, timeout=1.5).scatter(X, y)
+    dp.fit(2)
+    before = snapshot(dp.trainer)
+    pid = client.run(os.getpid, workers=[dp.workers[1]])[dp.workers[1]]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(DataParallelError, match="step 3 failed: .*as after step 2, nothing of step 3 was applied"):
+            dp.step()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert_state_equal(dp.trainer, before)
+    assert dp.steps == 2
+    dp.fit(3)
+    ref, _ = reference(dp.module, (X, y), 5)
+    assert_same_params(dp.params, ref.params)
+
+
+def test_a_non_finite_gradient_is_a_data_parallel_error(client, tmp_path):
+    path = mlp(tmp_path, "mean", optimizer="adam", lr=0.01)
+    X, y = mlp_data()
+    dp = DataParallelTrainer(client, path, check_finite=True).scatter(X, y)
+    dp.fit(2)
+    before = snapshot(dp.trainer)
+    dp.scatter(X, np.where(np.arange(len(y))[:, None] == 5, np.inf, y))
+    with pytest.raises(DataParallelError, match="step 3 failed: .* is not finite") as err:
+        dp.step()
+    assert isinstance(err.value.__cause__, FloatingPointError)
+    assert_state_equal(dp.trainer, before)
+    assert dp.steps == 2
+
+
 def test_client_closed_between_steps(cluster, client, tmp_path):
     path = mlp(tmp_path, "mean", optimizer="adam", lr=0.01)
     X, y = mlp_data()
@@ -305,6 +343,13 @@ def test_bad_modules_and_data(client, tmp_path):
         DataParallelTrainer(client, tmp_path / "fixed.py")
     with pytest.raises(ValueError, match="cannot read the generated module"):
         DataParallelTrainer(client, tmp_path / "missing.py")
+    (tmp_path / "spec.toml").write_text(DIGITS_SPEC)
+    with pytest.raises(ValueError, match=r"'.*spec.toml' is a spec: DataParallelTrainer takes a module graphc "
+                                         r"generated from it \(graphc compile spec.toml"):
+        DataParallelTrainer(client, tmp_path / "spec.toml")
+    os.mkfifo(tmp_path / "fifo.py")  # read, it would block: refused
+    with pytest.raises(ValueError, match="cannot read the generated module: it is a FIFO, not a regular file"):
+        DataParallelTrainer(client, tmp_path / "fifo.py")
     dp = DataParallelTrainer(client, mlp(tmp_path))
     X, y = mlp_data()
     with pytest.raises(DataParallelError, match=r"call scatter\(\*inputs\) first"):
