@@ -1,14 +1,18 @@
 """Checkpoints and params I/O (DESIGN §11): state_dict / load_state_dict, Trainer.save / Trainer.load (atomic .npz,
 bit-for-bit resume), save_params / load_params (every name, shape and dtype checked)."""
 
+import contextlib
 import os
 import re
+import signal
+import stat
 
 import numpy as np
 import numpy.lib.format
 import pytest
 
 import graphc as gc
+from crafted import npz_with_headers
 from gradcheck import random_params
 
 OPTIMIZERS = {
@@ -261,6 +265,109 @@ def test_save_into_a_missing_directory_or_onto_a_directory_fails_cleanly(adam_mo
     assert sorted(os.listdir(tmp_path)) == ["adir", "keep.npz"]
     assert os.listdir(tmp_path / "adir") == []
     assert (tmp_path / "keep.npz").read_bytes() == b"unrelated"
+
+
+def test_saves_keep_the_mode_of_the_file_they_replace_and_reach_the_disk(adam_mod, tmp_path, monkeypatch):
+    """As graphc's own writes: the old file's mode (not mkstemp's 0600), 0644 for a new file, fsync before the
+    rename."""
+    trainer = trained(adam_mod, 1)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    for save in (trainer.save, lambda p: adam_mod.save_params(trainer.params, p)):
+        path = tmp_path / "state.npz"
+        save(path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+        os.chmod(path, 0o640)
+        save(path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+        path.unlink()
+    assert len(synced) == 4
+
+
+@contextlib.contextmanager
+def no_hang(seconds=20):
+    """A read that blocked (on a FIFO) fails the test instead of hanging it."""
+    def fail(*_):
+        raise TimeoutError("blocked")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_special_files_are_neither_replaced_nor_read(adam_mod, tmp_path):
+    """Run as root, os.replace would turn a FIFO (or /dev/null) into a regular file; reading one blocks."""
+    trainer = trained(adam_mod, 1)
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    for save in (trainer.save, lambda p: adam_mod.save_params(trainer.params, p)):
+        with pytest.raises(ValueError, match=f"cannot write {re.escape(repr(str(fifo)))}: it is not a regular file"):
+            save(fifo)
+    with no_hang():
+        with pytest.raises(ValueError, match=f"params {re.escape(repr(str(fifo)))}: it is not a regular file"):
+            adam_mod.load_params(fifo)
+        with pytest.raises(ValueError, match=f"checkpoint {re.escape(repr(str(fifo)))}: it is not a regular file"):
+            trainer.load(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["fifo.npz"]
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The shapes of the arrays whose data is read from .npz files."""
+    shapes, real = [], numpy.lib.format.read_array
+
+    def read_array(fp, *args, **kwargs):
+        array = real(fp, *args, **kwargs)
+        shapes.append(array.shape)
+        return array
+
+    monkeypatch.setattr(numpy.lib.format, "read_array", read_array)
+    return shapes
+
+
+def test_huge_arrays_claimed_by_the_headers_are_refused_before_any_data_is_read(adam_mod, tmp_path, reads):
+    """A 3.7 MB .npz with a compressed 3 GB member took 2.9 GB and 18 s to be refused: the names, shapes and dtypes
+    come from the zip directory and the .npy headers, and nothing is read unless they are right."""
+    path = tmp_path / "bomb.npz"
+    params = adam_mod.init_params()
+    headers = {name: (value.shape, value.dtype) for name, value in params.items()}
+    npz_with_headers(path, {**headers, "W1": ((5, 2**40), "<f8")})
+    with pytest.raises(ValueError, match=r"param 'W1': expected an array of shape \(5, 6\) float64, got \(5, 1099511627776\)"):
+        adam_mod.load_params(path)
+    npz_with_headers(path, {**headers, "extra": ((2**40,), "<f8")})
+    with pytest.raises(ValueError, match="'extra' is not a param of this model"):
+        adam_mod.load_params(path)
+    trainer = trained(adam_mod, 1)
+    before = copy(trainer.state_dict())
+    state = {key: (value.shape, value.dtype) for key, value in trainer.state_dict().items()}
+    for bad, message in [({"params.W1": ((5, 2**40), "<f8")}, "the checkpoint's 'params.W1' is (5, 1099511627776)"),
+                         ({"optimizer": ((), "<U100000000")}, "the checkpoint's 'optimizer' is () <U100000000"),
+                         ({"steps": ((2**40,), "<i8")}, "the checkpoint's 'steps' is (1099511627776,) int64")]:
+        npz_with_headers(path, {**state, **bad})
+        with pytest.raises(ValueError, match=re.escape(message)):
+            trainer.load(path)
+        assert_untouched(trainer, before, 1)
+    trainer.save(path)
+    npz_with_headers(path, {"junk": ((2**40,), "<f8")}, mode="a")  # an entry of no Trainer: refused, never read
+    with pytest.raises(ValueError, match="the state has 'junk', which this model does not"):
+        trainer.load(path)
+    assert_untouched(trainer, before, 1)
+    assert max((np.prod(shape) for shape in reads), default=0) <= 5 * 6  # only arrays of this model's sizes
+
+
+def test_an_npy_file_is_not_a_params_file_or_a_checkpoint(adam_mod, tmp_path):
+    path = tmp_path / "W1.npy"
+    np.save(path, adam_mod.init_params()["W1"])
+    for load, what in ((adam_mod.load_params, "params"), (trained(adam_mod, 1).load, "checkpoint")):
+        with pytest.raises(ValueError, match=f"{what} {re.escape(repr(str(path)))}: not a .npz file \\(a zip of .npy "
+                                             "arrays, as save_params and Trainer.save write\\)"):
+            load(path)
 
 
 # ---- save_params / load_params -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ time and, for the specs that compile, while the generated module is imported and
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import graphc as gc
 from graphc import cli
 from graphc.graph import public_ops
+from crafted import npz_with_headers
 from gradcheck import check_gradients, random_inputs, random_params
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -117,6 +119,11 @@ CORPUS = {
     "dim_name_injection.toml": "node 'X': dimension name \"N); __import__('os')",
     "betas_injection.toml": "[train] betas must be a pair of numbers in [0, 1), got \"(0.9, 0.999)); __import__(",
     "params_file_passwd.toml": "params_file must name a .npz file, got '../../../../../../etc/passwd'",
+    "params_file_parent.toml": "params_file '../weights.npz' is outside the spec's folder",
+    "params_file_absolute.toml": "params_file '/tmp/weights.npz' is outside the spec's folder",
+    "params_file_missing.toml": "cannot read the params_file 'missing.npz': No such file or directory",
+    "dims_default_huge.toml": "node 'X': at the default sizes of its named dimensions ([dims]), input 'X' would have "
+                              "shape [1099511627776, 3] and more than 2147483648 elements",
     "dims_injection.toml": "dimension 'N' must have a positive integer size, got \"32); __import__(",
     "loss_injection.toml": "[train] names \"__import__('os').system('touch PWNED')\", which is not defined",
     "outputs_injection.toml": "[train] names \"__import__('os').system('touch PWNED')\", which is not defined",
@@ -165,6 +172,7 @@ CORPUS = {
     "valid_comment_in_expression.toml": COMPILES,
     "valid_soft_keywords.toml": COMPILES,
     "valid_long_name.toml": COMPILES,
+    "valid_long_graph_name.toml": COMPILES,
     "valid_extreme_numbers.toml": COMPILES,
     "json_valid_shadowing_names.json": COMPILES,
 }
@@ -333,3 +341,146 @@ def test_networkx_graphs_apply_the_same_rules(canary):
     G = nx.relabel_nodes(graph(), {"x": 'x"\nimport os'})
     with pytest.raises(gc.GraphcError, match="valid ASCII Python identifier"):
         gc.compile(G, "l")
+
+
+# ---- special files, colliding outputs, names past the system's limit: one line, exit 2, nothing replaced ----
+
+WITH_PARAMS_FILE = """
+params_file = "w.npz"
+
+[inputs]
+X = [4, 3]
+y = [4, 2]
+
+[params]
+W = { shape = [3, 2], init = "file" }
+
+[nodes]
+loss = "mse(X @ W, y)"
+
+[train]
+loss = "loss"
+"""
+FIFO_WRITE = "cannot write: it is a FIFO, not a regular file; graphc replaces only regular files"
+
+
+def graphc_command(*args, cwd):
+    """The real command in a subprocess, bounded: a read that blocked (on a FIFO) fails the test, never hangs it."""
+    return subprocess.run([sys.executable, "-m", "graphc", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def with_params_file(folder):
+    (folder / "m.toml").write_text(WITH_PARAMS_FILE)
+    np.savez(folder / "w.npz", W=np.arange(6.0).reshape(3, 2))
+    return (folder / "w.npz").read_bytes()
+
+
+def one_error_line(status, err, expected):
+    assert status == 2 and err == f"graphc: error: {expected}\n", err
+
+
+@pytest.mark.parametrize("command, target", [
+    (["compile", "m.toml", "-o", "out.py"], "out.py"),
+    (["compile", "m.toml", "-o", "out.py"], "out.npz"),  # the params file written beside the module
+    (["show", "m.toml", "-o", "out.txt"], "out.txt"),
+    (["export", "m.toml", "-o", "out.onnx"], "out.onnx"),
+])
+def test_an_output_that_is_a_fifo_stays_a_fifo(command, target, canary, capsys):
+    """Run as root, os.replace would turn a FIFO or a device (``-o /dev/null``) into a regular file."""
+    with_params_file(canary)
+    os.mkfifo(canary / target)
+    status = cli.main(command)
+    one_error_line(status, capsys.readouterr().err, f"{target}: {FIFO_WRITE}")
+    assert stat.S_ISFIFO(os.lstat(canary / target).st_mode)
+    assert sorted(p.name for p in canary.iterdir()) == sorted(["m.toml", "w.npz", target])  # nothing else written
+
+
+def test_import_refuses_a_fifo_for_its_spec(canary, capsys):
+    os.mkfifo(canary / "m.toml")
+    status = cli.main(["import", str(Path(__file__).parent / "onnx" / "mlp.onnx"), "-o", "m.toml"])
+    one_error_line(status, capsys.readouterr().err, f"m.toml: {FIFO_WRITE}")
+    assert stat.S_ISFIFO(os.lstat(canary / "m.toml").st_mode)
+    assert sorted(p.name for p in canary.iterdir()) == ["m.toml"]
+
+
+@pytest.mark.parametrize("fifo, command, expected", [
+    ("m.toml", ["compile", "m.toml"], "m.toml: cannot read the spec: it is a FIFO, not a regular file"),
+    ("m.toml", ["check", "m.toml"], "m.toml: cannot read the spec: it is a FIFO, not a regular file"),
+    ("w.npz", ["compile", "m.toml", "-o", "out.py"],
+     "m.toml: cannot read the params_file 'w.npz': it is a FIFO, not a regular file"),
+])
+def test_a_fifo_is_not_read(fifo, command, expected, canary):
+    """Reading a FIFO would block until someone writes to it: refused at once."""
+    with_params_file(canary)
+    (canary / fifo).unlink()
+    os.mkfifo(canary / fifo)
+    result = graphc_command(*command, cwd=canary)
+    one_error_line(result.returncode, result.stderr, expected)
+    assert not (canary / "out.py").exists()
+
+
+def test_outputs_that_collide_with_the_params_file(canary, capsys):
+    """``-o important.npz`` would write the module over the weights (it said "wrote important.npz and important.npz")."""
+    weights = with_params_file(canary)
+    status = cli.main(["compile", "m.toml", "-o", "w.npz"])
+    one_error_line(status, capsys.readouterr().err,
+                   "-o 'w.npz' is the spec's params_file: the module would replace it; give a name ending in .py")
+    status = cli.main(["compile", "m.toml", "-o", "other.npz"])
+    one_error_line(status, capsys.readouterr().err, "-o 'other.npz': the module and its params file would both be "
+                                                    "that file; give a name ending in .py")
+    assert (canary / "w.npz").read_bytes() == weights
+    assert sorted(p.name for p in canary.iterdir()) == ["m.toml", "w.npz"]
+    # -o m.py: the module's params file is m.npz; -o w.py: it is the spec's own w.npz, which holds the same arrays
+    for out in ("m.py", "w.py"):
+        assert cli.main(["compile", "m.toml", "-o", out]) == 0
+    assert (canary / "w.npz").read_bytes() == weights
+    np.testing.assert_array_equal(np.load(canary / "m.npz")["W"], np.arange(6.0).reshape(3, 2))
+
+
+def test_a_params_file_through_a_symlink_out_of_the_folder(canary, capsys):
+    """params_file stays inside the spec's folder, also when a link inside it points out."""
+    (canary / "spec").mkdir()
+    with_params_file(canary / "spec")
+    (canary / "spec" / "w.npz").rename(canary / "outside.npz")
+    (canary / "spec" / "w.npz").symlink_to(canary / "outside.npz")
+    status = cli.main(["compile", "spec/m.toml", "-o", "spec/out.py"])
+    one_error_line(status, capsys.readouterr().err, "spec/m.toml: params_file 'w.npz' is outside the spec's folder: "
+                                                    "it names a file beside the spec (or below it)")
+
+
+def test_a_params_file_that_claims_a_huge_array_is_refused_from_its_header(canary, capsys, monkeypatch):
+    with_params_file(canary)
+    npz_with_headers(canary / "w.npz", {"W": ((3, 2**30), "<f8"), "junk": ((2**40,), "<f8")})
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("array data was read")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_data)
+    status = cli.main(["compile", "m.toml", "-o", "out.py"])
+    one_error_line(status, capsys.readouterr().err, "m.toml: node 'W': params_file 'w.npz' has (3, 1073741824) "
+                                                    "float64, but the param is (3, 2) float64")
+    npz_with_headers(canary / "w.npz", {"junk": ((2**40,), "<f8")})  # an array that is not a param: never read
+    status = cli.main(["compile", "m.toml", "-o", "out.py"])
+    one_error_line(status, capsys.readouterr().err, "m.toml: node 'W': params_file 'w.npz' has no array 'W'")
+
+
+def test_names_past_the_system_limit(canary, capsys):
+    shutil.copy(HOSTILE / "valid_soft_keywords.toml", canary / "m.toml")
+    long = "a" * 300 + ".py"
+    status = cli.main(["compile", "m.toml", "-o", long])
+    one_error_line(status, capsys.readouterr().err, f"{long}: cannot write: File name too long")
+    shutil.copy(HOSTILE / "valid_long_graph_name.toml", canary / "long.toml")  # a 300-character graph name
+    assert cli.main(["check", "long.toml"]) == 0
+    assert "ok: all 1 gradients match" in capsys.readouterr().out
+
+
+def test_check_refuses_default_sizes_beyond_memory_and_inference_only_specs(canary, capsys):
+    shutil.copy(HOSTILE / "dims_default_huge.toml", canary / "huge.toml")
+    status = cli.main(["check", "huge.toml"])
+    one_error_line(status, capsys.readouterr().err, "huge.toml: " + CORPUS["dims_default_huge.toml"])
+    (canary / "infer.toml").write_text('[inputs]\nX = [2, 3]\n[params]\nW = { shape = [3, 2] }\n'
+                                       '[nodes]\ny = "X @ W"\n[train]\noutputs = ["y"]\n')
+    status = cli.main(["check", "infer.toml"])
+    one_error_line(status, capsys.readouterr().err,
+                   "infer.toml: the spec has no [train] loss: there are no gradients to check")

@@ -630,6 +630,53 @@ def test_out_of_range_class_index_names_the_input(classifier, bad):
     assert_params_close(trainer.params, fresh.params, rtol=1e-14)
 
 
+def test_a_uint64_label_past_int64_is_reported_as_it_is(classifier):
+    """2**64 - 1 does not fit int64: the check happens before the conversion, which would make it -1."""
+    X, y = classifier_data()
+    y = y.astype(np.uint64)
+    y[2] = 2**64 - 1
+    with pytest.raises(ValueError, match=r"input 'y': class index 18446744073709551615 is outside \[0, 4\)"):
+        classifier.loss(classifier.init_params(), X, y)
+
+
+def test_an_empty_batch_is_a_value_error(classifier):
+    """No rows: the mean over them is 0 / 0. The functions of the loss say so; predict returns no rows."""
+    mod = classifier
+    params = mod.init_params()
+    X, y = np.zeros((0, 6)), np.zeros(0, np.int64)
+    trainer = mod.Trainer(copy(params))
+    for fn in (mod.loss, mod.value_and_grad, trainer.step, trainer.fit):
+        with pytest.raises(ValueError, match="the batch is empty: dimension 'N' is 0"):
+            fn(params, X, y) if fn in (mod.loss, mod.value_and_grad) else fn(X, y)
+    assert trainer.steps == 0
+    assert mod.predict(params, X).shape == (0, 4)
+
+
+def test_fit_iterations_are_validated_like_epochs(classifier):
+    trainer = classifier.Trainer(classifier.init_params())
+    X, y = classifier_data()
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=f"iterations must be a positive integer, got {re.escape(repr(bad))}"):
+            trainer.fit(X, y, iterations=bad)
+    assert trainer.steps == 0
+    assert len(trainer.fit(X, y, iterations=2)) == 2
+
+
+@pytest.mark.parametrize("spoil, what", [
+    (lambda a: a.setflags(write=False) or a, "writable"),
+    (np.asfortranarray, "C-contiguous"),
+    (lambda a: np.repeat(a, 2, axis=1)[:, ::2], "C-contiguous"),
+])
+def test_a_param_the_update_cannot_write_fails_the_trainer_not_a_step(spoil, what):
+    """A step writes every param in place: a read-only or strided one would fail after the others (and Adam's
+    state, and the step count) were updated. Trainer() refuses it, naming it."""
+    mod = compile_mlp(optimizer="adam", lr=0.01)
+    params = random_params(mod, seed=2)
+    params["W2"] = spoil(params["W2"].copy())
+    with pytest.raises(ValueError, match=f"param 'W2' is not {what}: Trainer updates params in place"):
+        mod.Trainer(params)
+
+
 def test_float_labels_for_an_integer_input_are_rejected(classifier):
     mod = classifier
     X, y = classifier_data()
