@@ -640,14 +640,16 @@ def test_a_uint64_label_past_int64_is_reported_as_it_is(classifier):
 
 
 def test_an_empty_batch_is_a_value_error(classifier):
-    """No rows: the mean over them is 0 / 0. The functions of the loss say so; predict returns no rows."""
+    """No rows: the mean over them is 0 / 0. The functions of the loss and step say so; predict returns no rows
+    and fit takes no step (tests/test_names.py)."""
     mod = classifier
     params = mod.init_params()
     X, y = np.zeros((0, 6)), np.zeros(0, np.int64)
     trainer = mod.Trainer(copy(params))
-    for fn in (mod.loss, mod.value_and_grad, trainer.step, trainer.fit):
+    for call in (partial(mod.loss, params), partial(mod.value_and_grad, params), trainer.step,
+                 partial(trainer.fit, iterations=1)):
         with pytest.raises(ValueError, match="the batch is empty: dimension 'N' is 0"):
-            fn(params, X, y) if fn in (mod.loss, mod.value_and_grad) else fn(X, y)
+            call(X, y)
     assert trainer.steps == 0
     assert mod.predict(params, X).shape == (0, 4)
 

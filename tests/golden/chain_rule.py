@@ -103,7 +103,8 @@ def _inputs(**inputs):
 
 
 def _batch(**inputs):
-    """_inputs(), for the functions of the loss: a batch without rows has no loss (its mean would be 0 / 0)."""
+    """_inputs(), for the functions of the loss and step: a batch without rows has no loss (its mean would be
+    0 / 0). (fit on no rows takes no step.)"""
     *arrays, dims = _inputs(**inputs)
     empty = [d for d, n in dims.items() if n == 0]
     if empty:
