@@ -24,7 +24,7 @@ import numpy as np
 from .._version import __version__
 from ..compiler import compile
 from ..errors import GraphcError, GraphError, SpecError
-from ..files import same_file, write_atomic
+from ..files import read_npz, same_file, write_atomic
 from ..graph import Graph, Namer, operands, topo_order
 from ..ops import OPS
 from ..spec import load_spec
@@ -216,27 +216,26 @@ def module_params(spec) -> dict:
 
 
 def read_params(path, G, names) -> dict:
-    """The arrays of params ``names`` from a ``save_params`` file: each there, of its shape, finite floats."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            params = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise SpecError("cannot read the params: no such file", file=str(path)) from None
-    except Exception as err:
-        raise SpecError(f"cannot read the params: not a .npz of arrays ({first_line(err)})", file=str(path)) from None
+    """The arrays of params ``names`` from a ``save_params`` file: each there, of its shape, finite floats. Shapes
+    and dtypes are checked from the arrays' headers before any data is read (files.read_npz)."""
+    def check(v, shape, dtype):
+        if v not in names:
+            return False
+        if shape != tuple(G.nodes[v]["shape"]):
+            return f"param {v!r} has shape {shape}, the spec says {tuple(G.nodes[v]['shape'])}"
+        if dtype.kind != "f":
+            return f"param {v!r} is an array of {dtype}: graphc exports float params"
+        return True
+
+    if not Path(path).exists():
+        raise SpecError("cannot read the params: no such file", file=str(path))
+    params = read_npz(path, "params", check, SpecError)
     for v in names:
-        array, shape = params.get(v), tuple(G.nodes[v]["shape"])
-        if array is None:
-            problem = f"no array for param {v!r}"
-        elif array.shape != shape:
-            problem = f"param {v!r} has shape {array.shape}, the spec says {shape}"
-        elif array.dtype.kind != "f":
-            problem = f"param {v!r} is an array of {array.dtype}: graphc exports float params"
-        elif not np.isfinite(array).all():
-            problem = f"param {v!r} holds NaN or infinite values: graphc exports finite params"
-        else:
-            continue
-        raise SpecError(problem, file=str(path), node=v)
+        if v not in params:
+            raise SpecError(f"no array for param {v!r}", file=str(path), node=v)
+        if not np.isfinite(params[v]).all():
+            raise SpecError(f"param {v!r} holds NaN or infinite values: graphc exports finite params",
+                            file=str(path), node=v)
     return params
 
 

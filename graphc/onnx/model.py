@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from ..errors import OnnxMissing, SpecError
+from ..files import read_regular
 
 OPSET = 17  # what the importer reads (older models are converted to it) and what the exporter writes
 EXTRA = "pip install 'graphc[onnx]'"
@@ -40,12 +41,7 @@ def read_model(source):
             data = bytes(source)
         else:
             path = Path(source)
-            if path.is_dir():
-                raise SpecError("cannot read the model: it is a directory")
-            try:
-                data = path.read_bytes()
-            except OSError as err:
-                raise SpecError(f"cannot read the model: {err.strerror or err}") from None
+            data = read_regular(path, "model", SpecError)  # never a FIFO or a device: they would hang or flood
             base = path.parent
         model = parse_model(data)
     version = opset_version(model)
@@ -144,6 +140,8 @@ def load_external_data(model, base: Path | None) -> None:
                 not (base / path).resolve().is_relative_to(base.resolve()):
             raise SpecError(f"tensor {tensor.name!r}: its external data {location!r} is not a file in the "
                             f"model's folder")
+        if not (base / path).is_file():  # a FIFO or a device would hang the read or flood memory
+            raise SpecError(f"tensor {tensor.name!r}: its external data {location!r} is not a regular file")
         try:
             load_external_data_for_tensor(tensor, str(base))
         except Exception as err:
