@@ -79,14 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     k = commands.add_parser(
         "check", help="check SPEC's generated gradients against finite differences",
         description="Compile SPEC in memory (in float64), run the generated value_and_grad at "
-                    "init_params(SEED) on random inputs and compare every param's gradient with central finite "
-                    "differences of the generated loss. Prints one row per param; exits 1 if any fails.")
+                    "init_params(SEED) on random inputs and compare each param's gradient with central finite "
+                    "differences of the generated loss: every entry of a small param; of a larger one, "
+                    f"{explain.SAMPLES} random entries and the derivative along {explain.DIRECTIONS} random "
+                    "directions (a few dozen loss evaluations, whatever its size). Prints one row per param; "
+                    "exits 1 if any fails.")
     k.add_argument("spec", **SPEC)
     k.add_argument("--seed", type=int, default=0, help="seed of init_params and of the inputs (default: 0)")
     k.add_argument("--eps", type=float, default=explain.DEFAULT_EPS,
                    help=f"finite-difference step (default: {explain.DEFAULT_EPS:g})")
     k.add_argument("--rtol", type=float, default=explain.DEFAULT_RTOL,
                    help=f"tolerance, relative to the largest gradient element (default: {explain.DEFAULT_RTOL:g})")
+    k.add_argument("--exhaustive", action="store_true",
+                   help="compare every entry of every param (two loss evaluations per entry: slow on big models)")
     k.add_argument("--dim", **DIM)
     k.set_defaults(run=run_check)
     onnx_commands(commands)
@@ -176,7 +181,7 @@ def run_check(args) -> int:
     module = compile_spec(load_spec(args.spec, dtype="float64"), args.spec, dims=args.dim)
     mod = module.load()
     report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, args.seed),
-                                     eps=args.eps, rtol=args.rtol)
+                                     eps=args.eps, rtol=args.rtol, exhaustive=args.exhaustive, seed=args.seed)
     title = (f"graphc check {args.spec}: value_and_grad vs central differences "
              f"(float64, init_params({args.seed}), random inputs)")
     return emit(explain.check_text(report, title), 0 if report.ok else 1)
