@@ -13,7 +13,7 @@ from . import explain
 from ._version import __version__
 from .compiler import BACKENDS, compile
 from .errors import CommandError, GraphcError, OnnxMissing, SpecError, one_line
-from .files import npz_bytes, write_atomic
+from .files import is_spec, npz_bytes, same_file, write_atomic
 from .graph import DTYPES
 from .onnx import export_file, import_files
 from .spec import load_spec
@@ -166,11 +166,22 @@ def run_show(args) -> int:
     if args.format in explain.IMAGES:
         explain.render_image(text, args.format, args.output)
     elif args.output:
-        write_atomic(args.output, text)
+        write_atomic(args.output, text, spec_ok=json_output(args))
     else:
         return emit(text, 0)
     print(f"graphc: wrote {args.output}")
     return 0
+
+
+def json_output(args) -> bool:
+    """``show --format json`` may write a .json file, but never over the spec it reads or over another spec."""
+    out = Path(args.output)
+    if args.format != "json" or out.suffix.lower() != ".json":
+        return False
+    if same_file(out, Path(args.spec)) or is_spec(out):
+        raise CommandError(f"-o {args.output}: that is {'the' if same_file(out, Path(args.spec)) else 'a'} spec, "
+                           "which graphc never replaces: choose another name")
+    return True
 
 
 def run_check(args) -> int:

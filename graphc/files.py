@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import stat
 import sys
@@ -29,13 +30,14 @@ def npz_bytes(arrays: dict) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path, data: str | bytes) -> Path:
+def write_atomic(path, data: str | bytes, *, spec_ok: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then rename it over ``path``:
     readers see the old file or the new one, never a part; on any failure the old file is left as it was and
     the temporary file is removed. The new file keeps the old one's permissions (0644 for a new file).
-    Never over a spec: ``graphc compile m.toml -o m.toml`` would replace the model with its own module."""
+    Never over a spec: ``graphc compile m.toml -o m.toml`` would replace the model with its own module
+    (``spec_ok``: the caller has checked that ``path`` is no spec, e.g. ``graphc show --format json -o g.json``)."""
     path = Path(path)
-    if path.suffix.lower() in SPEC_SUFFIXES:
+    if path.suffix.lower() in SPEC_SUFFIXES and not spec_ok:
         raise GraphcError(f"cannot write to a {path.suffix} file, the kind a spec is: choose another name",
                           file=str(path))
     directory = path.parent
@@ -96,6 +98,17 @@ def write_together(files: dict) -> None:
         if isinstance(err, OSError):
             raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
         raise
+
+
+def is_spec(path: Path) -> bool:
+    """``path`` holds a spec: a TOML file, or a JSON object with a spec's tables (inputs, params, nodes, train)."""
+    if path.suffix.lower() == ".toml":
+        return path.exists()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("inputs", "params", "nodes", "train"))
 
 
 def same_file(a: Path, b: Path) -> bool:
