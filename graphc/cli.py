@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -13,7 +14,7 @@ from . import explain
 from ._version import __version__
 from .compiler import BACKENDS, compile
 from .errors import CommandError, GraphcError, OnnxMissing, SpecError, one_line
-from .files import is_spec, npz_bytes, same_file, write_atomic
+from .files import npz_bytes, same_file, write_atomic
 from .graph import DTYPES
 from .onnx import export_file, import_files
 from .spec import load_spec
@@ -178,10 +179,19 @@ def json_output(args) -> bool:
     out = Path(args.output)
     if args.format != "json" or out.suffix.lower() != ".json":
         return False
-    if same_file(out, Path(args.spec)) or is_spec(out):
+    if same_file(out, Path(args.spec)) or json_spec(out):
         raise CommandError(f"-o {args.output}: that is {'the' if same_file(out, Path(args.spec)) else 'a'} spec, "
                            "which graphc never replaces: choose another name")
     return True
+
+
+def json_spec(path: Path) -> bool:
+    """``path`` holds a JSON spec: an object with a spec's tables (inputs, params, nodes, train)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("inputs", "params", "nodes", "train"))
 
 
 def run_check(args) -> int:

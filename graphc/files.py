@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import os
 import stat
 import sys
@@ -98,17 +97,6 @@ def write_together(files: dict) -> None:
         if isinstance(err, OSError):
             raise GraphcError(f"cannot write: {err.strerror or err}", file=str(path)) from None
         raise
-
-
-def is_spec(path: Path) -> bool:
-    """``path`` holds a spec: a TOML file, or a JSON object with a spec's tables (inputs, params, nodes, train)."""
-    if path.suffix.lower() == ".toml":
-        return path.exists()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("inputs", "params", "nodes", "train"))
 
 
 def same_file(a: Path, b: Path) -> bool:
