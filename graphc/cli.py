@@ -86,11 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "directions (a few dozen loss evaluations, whatever its size). Prints one row per param; "
                     "exits 1 if any fails.")
     k.add_argument("spec", **SPEC)
-    k.add_argument("--seed", type=int, default=0, help="seed of init_params and of the inputs (default: 0)")
+    k.add_argument("--seed", type=int, default=0,
+                   help="seed of init_params, of the inputs and of the entries and directions compared (default: 0)")
     k.add_argument("--eps", type=float, default=explain.DEFAULT_EPS,
                    help=f"finite-difference step (default: {explain.DEFAULT_EPS:g})")
     k.add_argument("--rtol", type=float, default=explain.DEFAULT_RTOL,
-                   help=f"tolerance, relative to the largest gradient element (default: {explain.DEFAULT_RTOL:g})")
+                   help=f"tolerance, relative to the largest difference quotient (default: {explain.DEFAULT_RTOL:g})")
     k.add_argument("--exhaustive", action="store_true",
                    help="compare every entry of every param (two loss evaluations per entry: slow on big models)")
     k.add_argument("--dim", **DIM)
