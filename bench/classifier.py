@@ -17,7 +17,12 @@ it is the steadier of the two):
 Before timing, graphc's and both NumPy loops' params after one epoch from the same start are compared: they compute
 the same thing.
 
-Run: .venv/bin/python bench/classifier.py [--sizes small,wide] [--dtypes float64,float32] [--rounds 21]
+Each size ends with a line of the two ratios that issue 8 set goals for: graphc / numpy-inplace at most 1.05 (as
+fast as the hand-tuned loop, within these machines' noise) and graphc / numpy at most 0.85 (not reached, and not
+reachable by a program made of NumPy calls at these sizes: the README's Performance section says why).
+
+Run: .venv/bin/python bench/classifier.py [--sizes small,wide] [--dtypes float64,float32] [--rounds 21] [--quick]
+(--quick: the small size in float64, 2 rounds: that the script runs, in seconds; tests/test_bench.py)
 """
 
 from __future__ import annotations
@@ -358,7 +363,10 @@ def main(argv=None):
     parser.add_argument("--sizes", default="small,wide")
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--rounds", type=int, default=21, help="epochs per variant, interleaved (median taken)")
+    parser.add_argument("--quick", action="store_true", help="small size, float64, 2 rounds (the tests)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.dtypes, args.rounds = "small", "float64", 2
     threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
     print(f"numpy {np.__version__}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {threads or ''}")
     print(f"one epoch of 1437 rows; median of {args.rounds} interleaved rounds; "
@@ -382,8 +390,9 @@ def main(argv=None):
                 for name, t in median.items():
                     rows.append((f"64-{H}-10, batch {batch}", dtype, name, fmt(t), f"{t / median['graphc']:.2f}",
                                  fmt(best[name]), f"{best[name] / best['graphc']:.2f}"))
-                print(f"{size} {dtype}: graphc / numpy = {median['graphc'] / median['numpy']:.2f} (target <= 0.85), "
-                      f"graphc / numpy-inplace = {median['graphc'] / median['numpy-inplace']:.2f} (target <= 1.05)")
+                print(f"{size} {dtype}: graphc / numpy-inplace = {median['graphc'] / median['numpy-inplace']:.2f} "
+                      f"(issue 8's goal: <= 1.05), graphc / numpy = {median['graphc'] / median['numpy']:.2f} "
+                      "(its goal <= 0.85 is out of reach: see the docstring)")
     print()
     print("| model | dtype | variant | epoch (median) | x graphc | epoch (best) | x graphc (best) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

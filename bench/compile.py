@@ -1,7 +1,7 @@
 """Compile time by stage for MLPs of growing depth: it must grow about linearly with the graph.
 
 Each layer is two ops (matmul, relu), then one mse loss. Prints seconds per stage and per node.
-Run: .venv/bin/python bench/compile.py [--depths 10,100,1000]
+Run: .venv/bin/python bench/compile.py [--depths 10,100,1000] [--quick]  (--quick: depths 2 and 4, a second)
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import graphc as gc  # noqa: E402
 from graphc.autodiff import adjoint  # noqa: E402
 from graphc.codegen import format_source, render  # noqa: E402
 from graphc.compiler import forward_graph  # noqa: E402
+from graphc.graph import check_dims  # noqa: E402
 from graphc.passes import optimize  # noqa: E402
 from graphc.schedule import schedule  # noqa: E402
+from graphc.training import training  # noqa: E402
 
 WIDTH = 8
 
@@ -40,11 +42,13 @@ def stages(depth: int) -> dict:
         return result
 
     g, loss = timed("build", build, depth)
-    G = forward_graph(g)
-    A = timed("adjoint", lambda: optimize(adjoint(G, loss.name)))
+    G = forward_graph(g)  # the stages of graphc.compile, one by one
+    G.graph["dims"] = check_dims(G, None)
+    train = training(G, loss.name, "sgd", {"lr": 1e-3}, 1, None, None)
+    A = timed("adjoint", lambda: optimize(adjoint(G, loss.name, reserved=G.graph["dims"])))
     sched = timed("schedule", schedule, G, A, loss.name, [loss.name])
     text = timed("render", render, sched, name=G.graph["name"], source="bench", command="bench/compile.py",
-                 version=gc.__version__, lr=1e-3, iterations=1)
+                 version=gc.__version__, train=train)
     timed("black", format_source, text)
     times["nodes"] = G.number_of_nodes() + A.number_of_nodes()
     times["lines"] = text.count("\n")
@@ -54,7 +58,10 @@ def stages(depth: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", default="10,100,1000")
+    parser.add_argument("--quick", action="store_true", help="depths 2 and 4: that the script runs (the tests)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.depths = "2,4"
     names = ["build", "adjoint", "schedule", "render", "black"]
     print(f"{'depth':>6} {'nodes':>6} {'lines':>7} " + " ".join(f"{n:>9}" for n in names)
           + f" {'total':>8} {'ms/node':>8}")

@@ -5,6 +5,7 @@ compiled here first, then the folder travels:
 
     .venv/bin/python bench/gpu.py --prepare bench/gpu_modules        # here: compile the modules (needs graphc)
     python bench/gpu.py --run bench/gpu_modules                      # there: check and time (no graphc needed)
+    .venv/bin/python bench/gpu.py --quick                            # here, without CuPy: see quick()
 
 The check: the two-layer network (relu, sum of squares; N=512, D=256, H=512, O=128), 20 steps of SGD and of
 Adam from the same params on the same batches, CuPy module against NumPy module, float64 and float32; the
@@ -43,8 +44,7 @@ def prepare(folder: Path) -> None:
     import graphc as gc
 
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [("check", b, o, d) for b in ("numpy", "cupy") for o in LR for d in ("float64", "float32")]
-    jobs += [("big", "cupy", o, "float32") for o in LR]
+    jobs = [name.split("_")[2:] for name in needed()]  # two_layer_SIZE_BACKEND_OPTIMIZER_DTYPE
     for size, backend, optimizer, dtype in jobs:
         s = CHECK if size == "check" else BIG
         g = gc.Graph("two_layer", dtype=dtype)
@@ -61,6 +61,35 @@ def prepare(folder: Path) -> None:
                             command=f"python bench/gpu.py --prepare {folder}")
         module.save(folder / f"{module_name(size, backend, optimizer, dtype)}.py")
     print(f"wrote {len(jobs)} modules to {folder}")
+
+
+def needed() -> list[str]:
+    """The modules --run loads: the check's NumPy and CuPy pairs and the timed CuPy modules."""
+    names = [module_name("check", b, o, d) for b in ("numpy", "cupy") for o in LR for d in ("float64", "float32")]
+    return names + [module_name("big", "cupy", o, "float32") for o in LR]
+
+
+def quick() -> None:
+    """What can be checked without a GPU, in seconds (tests/test_bench.py): --prepare writes every module --run
+    loads, each one Python compiles, and the NumPy modules of the check train 2 steps to finite params."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="graphc-gpu-") as tmp:
+        folder = Path(tmp)
+        prepare(folder)
+        for name in needed():
+            compile((folder / f"{name}.py").read_text(), name, "exec")
+        rng = np.random.default_rng(1)
+        for name in (n for n in needed() if "_numpy_" in n):
+            mod, dtype = load(folder, name), name.rsplit("_", 1)[1]
+            trainer = mod.Trainer(mod.init_params(0))
+            X = rng.standard_normal((CHECK["N"], CHECK["D"])).astype(dtype)
+            y = rng.standard_normal((CHECK["N"], CHECK["O"])).astype(dtype)
+            for _ in range(2):
+                trainer.step(X, y)
+            if not all(np.all(np.isfinite(p)) for p in trainer.params.values()):
+                raise SystemExit(f"{name}: the params are not finite after 2 steps")
+        print(f"quick: {len(needed())} modules compiled; the NumPy ones train; run --run DIR on a GPU for the rest")
 
 
 def load(folder: Path, name: str):
@@ -166,14 +195,21 @@ def timings(folder: Path, rounds: int, steps: int) -> list[str]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--prepare", metavar="DIR", type=Path, help="compile the modules into DIR (needs graphc)")
     group.add_argument("--run", metavar="DIR", type=Path, help="check and time the modules of DIR (needs a GPU)")
+    group.add_argument("--quick", action="store_true",
+                       help="without a GPU: compile the modules to a temporary folder, train the NumPy ones 2 steps")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be at least 1")
+    if args.quick:
+        quick()
+        return
     if args.prepare:
         prepare(args.prepare)
         return

@@ -10,7 +10,8 @@ Not a test: it prints medians and ratios. Every variant runs in this one process
     torch      PyTorch eager on the CPU (autograd + in-place SGD), when torch is importable
     jax        jax.jit of the same step, when jax is importable
 
-Run: .venv/bin/python bench/step.py [--sizes seed,mnist,big] [--dtypes float64,float32] [--rounds 3]
+Run: .venv/bin/python bench/step.py [--sizes seed,mnist,big] [--dtypes float64,float32] [--rounds 3] [--quick]
+(--quick: the seed size in float64, one short round: that the script runs, in seconds; tests/test_bench.py)
 """
 
 from __future__ import annotations
@@ -197,7 +198,10 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=0.3, help="seconds per variant per round")
+    parser.add_argument("--quick", action="store_true", help="seed size, float64, one short round (the tests)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.dtypes, args.rounds, args.budget = "seed", "float64", 1, 0.01
     print(f"numpy {np.__version__}; best of {args.rounds} interleaved rounds of medians; ratios < 1 are faster")
     header = f"{'size':6} {'dtype':7} {'variant':11} {'median':>10} {'/hand-tuned':>12} {'/floor':>8}"
     print(header)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -79,14 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     k = commands.add_parser(
         "check", help="check SPEC's generated gradients against finite differences",
         description="Compile SPEC in memory (in float64), run the generated value_and_grad at "
-                    "init_params(SEED) on random inputs and compare every param's gradient with central finite "
-                    "differences of the generated loss. Prints one row per param; exits 1 if any fails.")
+                    "init_params(SEED) on random inputs and compare each param's gradient with central finite "
+                    "differences of the generated loss: every entry of a small param; of a larger one, "
+                    f"{explain.SAMPLES} random entries and the derivative along {explain.DIRECTIONS} random "
+                    "directions (a few dozen loss evaluations, whatever its size). Prints one row per param; "
+                    "exits 1 if any fails.")
     k.add_argument("spec", **SPEC)
-    k.add_argument("--seed", type=int, default=0, help="seed of init_params and of the inputs (default: 0)")
+    k.add_argument("--seed", type=int, default=0,
+                   help="seed of init_params, of the inputs and of the entries and directions compared (default: 0)")
     k.add_argument("--eps", type=float, default=explain.DEFAULT_EPS,
                    help=f"finite-difference step (default: {explain.DEFAULT_EPS:g})")
     k.add_argument("--rtol", type=float, default=explain.DEFAULT_RTOL,
-                   help=f"tolerance, relative to the largest gradient element (default: {explain.DEFAULT_RTOL:g})")
+                   help=f"tolerance, relative to the largest difference quotient (default: {explain.DEFAULT_RTOL:g})")
+    k.add_argument("--exhaustive", action="store_true",
+                   help="compare every entry of every param (two loss evaluations per entry: slow on big models)")
     k.add_argument("--dim", **DIM)
     k.set_defaults(run=run_check)
     onnx_commands(commands)
@@ -175,11 +182,31 @@ def run_show(args) -> int:
     if args.format in explain.IMAGES:
         explain.render_image(text, args.format, args.output)
     elif args.output:
-        write_atomic(args.output, text)
+        write_atomic(args.output, text, spec_ok=json_output(args))
     else:
         return emit(text, 0)
     print(f"graphc: wrote {args.output}")
     return 0
+
+
+def json_output(args) -> bool:
+    """``show --format json`` may write a .json file, but never over the spec it reads or over another spec."""
+    out = Path(args.output)
+    if args.format != "json" or out.suffix.lower() != ".json":
+        return False
+    if same_file(out, Path(args.spec)) or json_spec(out):
+        raise CommandError(f"-o {args.output}: that is {'the' if same_file(out, Path(args.spec)) else 'a'} spec, "
+                           "which graphc never replaces: choose another name")
+    return True
+
+
+def json_spec(path: Path) -> bool:
+    """``path`` holds a JSON spec: an object with a spec's tables (inputs, params, nodes, train)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("inputs", "params", "nodes", "train"))
 
 
 def run_check(args) -> int:
@@ -193,7 +220,7 @@ def run_check(args) -> int:
     mod = module.load()
     try:
         report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, args.seed),
-                                         eps=args.eps, rtol=args.rtol)
+                                         eps=args.eps, rtol=args.rtol, exhaustive=args.exhaustive, seed=args.seed)
     except MemoryError:
         raise CommandError("not enough memory to run the model at its [dims] sizes: give smaller ones with "
                            "--dim NAME=SIZE") from None

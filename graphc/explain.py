@@ -443,6 +443,8 @@ def render_image(dot_text: str, fmt: str, path) -> Path:
 DEFAULT_EPS = 1e-6
 DEFAULT_RTOL = 1e-5
 ROUNDING = 16 * np.finfo(np.float64).eps  # rounding of one loss evaluation, relative to the loss, with room
+SAMPLES = 32  # a param with more entries has this many, drawn at random, compared one by one ...
+DIRECTIONS = 3  # ... and its gradient compared along this many random unit directions
 
 
 @dataclass
@@ -451,9 +453,11 @@ class ParamCheck:
 
     param: str
     shape: tuple
-    abs_err: float = math.nan  # max |grad - fd| over the elements compared
+    abs_err: float = math.nan  # max |grad - fd| over the differences compared
     rel_err: float = math.nan  # abs_err / max(max |fd|, the rounding floor of the differences)
-    kinks: int = 0  # elements where the loss has a kink (relu at 0): not differentiable, so not compared
+    probes: int = 0  # the differences taken: one per entry compared, one per random direction
+    directions: int = 0  # of which along random directions
+    kinks: int = 0  # of which sit on a kink (relu at 0): not differentiable there, so not compared
     problem: str = ""  # why the gradient could not be compared at all (missing, wrong shape, not finite)
     ok: bool = False
 
@@ -465,6 +469,7 @@ class CheckReport:
     problems: list[str]  # failures that concern value_and_grad as a whole
     eps: float
     rtol: float
+    exhaustive: bool = False
 
     @property
     def ok(self) -> bool:
@@ -489,13 +494,19 @@ def check_inputs(module, seed: int) -> dict:
     return inputs
 
 
-def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS,
-                    rtol: float = DEFAULT_RTOL) -> CheckReport:
+def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS, rtol: float = DEFAULT_RTOL, *,
+                    exhaustive: bool = False, seed: int = 0) -> CheckReport:
     """Compare ``mod.value_and_grad`` (a loaded generated module) with central differences of ``mod.loss`` at
     ``params`` (float64 arrays, restored after use) on ``inputs`` (name -> array, passed by keyword).
 
+    What is compared, per param (as PyTensor's ``verify_grad`` and JAX's ``check_grads`` do): every entry of a
+    param of at most SAMPLES entries; of a larger one, SAMPLES entries drawn at random and the directional
+    derivative along DIRECTIONS random unit directions (``grad . d`` against the central difference of the loss
+    along ``d``), a few dozen loss evaluations whatever the param's size. ``exhaustive`` compares every entry of
+    every param. The draws come from ``np.random.default_rng(seed)``.
+
     A param passes when ``max |grad - fd| <= rtol * max(max |fd|, floor)``, where ``floor`` is what rounding
-    in the loss can do to a difference quotient (``16 ulp * max |loss| / eps``). An element where the one-sided
+    in the loss can do to a difference quotient (``16 ulp * max |loss| / eps``). A difference whose one-sided
     slopes differ by more than that tolerance, at ``eps`` and again at ``eps / 16``, sits on a kink (relu at
     exactly 0): the loss has no derivative there, so it is counted and left out.
     """
@@ -510,58 +521,77 @@ def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS,
     f0 = mod.loss(params, **inputs)
     if not math.isfinite(f0):
         return CheckReport(f0, [ParamCheck(p, params[p].shape, problem="the loss is not finite")
-                                for p in mod.PARAMS], [f"the loss is {f0} at these params"], eps, rtol)
+                                for p in mod.PARAMS], [f"the loss is {f0} at these params"], eps, rtol, exhaustive)
     if not math.isclose(value, f0, rel_tol=1e-12, abs_tol=1e-300):
         problems.append(f"value_and_grad returns the loss {value!r} but loss() returns {f0!r}")
     extra = sorted(set(grads) - set(mod.PARAMS))
     if extra:
         problems.append(f"value_and_grad returns gradients for unknown names: {', '.join(extra)}")
-    rows = [compare(mod.loss, params, inputs, p, grads.get(p), f0, eps, rtol) for p in mod.PARAMS]
-    return CheckReport(f0, rows, problems, eps, rtol)
+    rng = None if exhaustive else np.random.default_rng(seed)
+    rows = [compare(mod.loss, params, inputs, p, grads.get(p), f0, eps, rtol, rng) for p in mod.PARAMS]
+    return CheckReport(f0, rows, problems, eps, rtol, exhaustive)
 
 
-def compare(loss, params, inputs, name, grad, f0, eps, rtol) -> ParamCheck:
-    value = params[name]
-    row = ParamCheck(name, value.shape)
+def gradient_problem(grad, shape) -> str:
     if grad is None:
-        row.problem = "no gradient returned"
+        return "no gradient returned"
+    grad = np.asarray(grad)
+    if grad.shape != shape:
+        return f"gradient of shape {fmt_shape(grad.shape)}"
+    return "" if np.all(np.isfinite(grad)) else "gradient not finite"
+
+
+def probes(shape: tuple, rng) -> list:
+    """What to difference along: entries (index tuples) and, for a large param, random unit directions (arrays).
+    Every entry when ``rng`` is None (exhaustive) or the param is small."""
+    size = math.prod(shape)
+    if rng is None or size <= SAMPLES:
+        return list(np.ndindex(shape))
+    entries = np.sort(rng.choice(size, SAMPLES, replace=False))
+    directions = [rng.standard_normal(shape) for _ in range(DIRECTIONS)]
+    return [np.unravel_index(i, shape) for i in entries] + [d / np.linalg.norm(d) for d in directions]
+
+
+def compare(loss, params, inputs, name, grad, f0, eps, rtol, rng=None) -> ParamCheck:
+    """One param's row: ``grad`` against central differences along probes(...) (every entry when rng is None)."""
+    value = params[name]
+    row = ParamCheck(name, value.shape, problem=gradient_problem(grad, value.shape))
+    if row.problem:
         return row
     grad = np.array(grad, dtype=np.float64, copy=True)
-    if grad.shape != value.shape:
-        row.problem = f"gradient of shape {fmt_shape(grad.shape)}"
-        return row
-    if not np.all(np.isfinite(grad)):
-        row.problem = "gradient not finite"
-        return row
 
-    def at(i, step):
-        """The loss with element ``i`` moved by ``+step`` and by ``-step``."""
-        old = value[i]
+    def at(d, step):
+        """The loss with the param moved by ``+step`` and by ``-step`` along ``d`` (an entry or a direction)."""
+        index, delta = (..., step * d) if isinstance(d, np.ndarray) else (d, step)
+        old = np.array(value[index], copy=True)
         try:
-            value[i] = old + step
+            value[index] = old + delta
             up = loss(params, **inputs)
-            value[i] = old - step
+            value[index] = old - delta
             down = loss(params, **inputs)
         finally:
-            value[i] = old
+            value[index] = old
         return up, down
 
-    fd, jump = np.zeros_like(grad), np.zeros_like(grad)
+    along = probes(value.shape, rng)
+    exact = np.array([np.vdot(grad, d) if isinstance(d, np.ndarray) else grad[d] for d in along])
+    fd, jump = np.zeros(len(along)), np.zeros(len(along))
     largest = abs(f0)  # the largest loss evaluated: what rounding is relative to
-    for i in np.ndindex(value.shape):
-        up, down = at(i, eps)
-        fd[i] = (up - down) / (2 * eps)
-        jump[i] = abs((up - f0) - (f0 - down)) / eps  # right slope minus left slope
+    for k, d in enumerate(along):
+        up, down = at(d, eps)
+        fd[k] = (up - down) / (2 * eps)
+        jump[k] = abs((up - f0) - (f0 - down)) / eps  # right slope minus left slope
         largest = max(largest, abs(up), abs(down))
     scale = max(float(np.max(np.abs(fd), initial=0.0)), ROUNDING * largest / eps)
     tol = rtol * scale
-    compared = np.ones(grad.shape, dtype=bool)
-    for i in map(tuple, np.argwhere((np.abs(grad - fd) > tol) & (jump > tol))):
-        up, down = at(i, eps / 16)
-        if abs((up - f0) - (f0 - down)) * 16 / eps > jump[i] / 2:  # the jump does not shrink with the step
-            compared[i] = False
-    row.kinks = int(np.count_nonzero(~compared))
-    err = np.abs(grad - fd)[compared]
+    compared = np.ones(len(along), dtype=bool)
+    for k in np.flatnonzero((np.abs(exact - fd) > tol) & (jump > tol)):
+        up, down = at(along[k], eps / 16)
+        if abs((up - f0) - (f0 - down)) * 16 / eps > jump[k] / 2:  # the jump does not shrink with the step
+            compared[k] = False
+    row.probes, row.kinks = len(along), int(np.count_nonzero(~compared))
+    row.directions = sum(isinstance(d, np.ndarray) for d in along)
+    err = np.abs(exact - fd)[compared]
     row.abs_err = float(np.max(err, initial=0.0))
     row.rel_err = row.abs_err / scale if scale > 0 else (0.0 if row.abs_err == 0 else math.inf)
     row.ok = row.abs_err <= tol
@@ -574,16 +604,16 @@ def check_text(report: CheckReport, title: str) -> str:
         if r.problem:
             rows.append((r.param, fmt_shape(r.shape), "-", "-", f"FAIL: {r.problem}"))
             continue
-        result = "pass" if r.ok else "FAIL"
-        if r.kinks == math.prod(r.shape):
+        result, taken = "pass" if r.ok else "FAIL", "differences" if r.directions else "elements"
+        if r.kinks == r.probes:
             rows.append((r.param, fmt_shape(r.shape), "-", "-",
-                         "not checked: every element sits on a kink (relu at 0), where there is no derivative"))
+                         f"not checked: every {taken[:-1]} sits on a kink (relu at 0), where there is no derivative"))
             continue
         if r.kinks:
-            result += f" ({r.kinks} of {math.prod(r.shape)} elements sit on a kink: not compared)"
+            result += f" ({r.kinks} of {r.probes} {taken} sit on a kink: not compared)"
         rows.append((r.param, fmt_shape(r.shape), f"{r.abs_err:.3g}", f"{r.rel_err:.3g}", result))
     failed = [r.param for r in report.rows if not r.ok]
-    unchecked = [r.param for r in report.rows if r.ok and r.kinks == math.prod(r.shape)]
+    unchecked = [r.param for r in report.rows if r.ok and r.kinks == r.probes]
     if report.ok and unchecked:
         verdict = (f"ok: {len(report.rows) - len(unchecked)} of {len(report.rows)} gradients match central "
                    f"differences; {', '.join(unchecked)} could not be compared at these params")
@@ -592,8 +622,12 @@ def check_text(report: CheckReport, title: str) -> str:
     else:
         verdict = "FAIL: " + "; ".join(report.problems + ([f"wrong gradient for {', '.join(failed)}"]
                                                            if failed else []))
+    what = ("every entry of every param (--exhaustive)" if report.exhaustive else
+            f"{SAMPLES} random entries and {DIRECTIONS} random directions per param (all entries of a smaller "
+            "one; --exhaustive: all of every param)")
     return "\n".join([
         title,
+        f"compared: {what}",
         f"loss {report.loss:.6g}; eps {report.eps:g}; rel err = max |grad - fd| / max |fd|; "
         f"a param passes when rel err <= rtol ({report.rtol:g})",
         *columns(rows, right={2, 3}),

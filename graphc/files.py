@@ -145,13 +145,14 @@ def holds(path: Path, data: bytes) -> bool:
         return False
 
 
-def write_atomic(path, data: str | bytes) -> Path:
+def write_atomic(path, data: str | bytes, *, spec_ok: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then rename it over ``path``:
     readers see the old file or the new one, never a part; on any failure the old file is left as it was and
     the temporary file is removed. The new file keeps the old one's permissions (0644 for a new file). Only a
     regular file is replaced (see target_mode). Never over a spec: ``graphc compile m.toml -o m.toml`` would
-    replace the model with its own module."""
-    path = check_spec_suffix(Path(path))
+    replace the model with its own module (``spec_ok``: the caller has checked that ``path`` is no spec, e.g.
+    ``graphc show --format json -o g.json``)."""
+    path = Path(path) if spec_ok else check_spec_suffix(Path(path))
     directory = path.parent
     try:
         if not directory.is_dir():

@@ -38,6 +38,7 @@ class Optimizer:
     state: tuple = ()  # per-param state arrays, zero at the start
     scratch: int = 0  # temporaries of each param's shape that one update needs
     own: bool = False  # the update may write into step()'s gradient buffers (Trainer._apply's `own`)
+    state_if: str | None = None  # the state exists only when this hyperparameter is nonzero at construction
 
     def defaults(self) -> dict:
         return {k: default for k, (_, default) in self.hyperparams.items()}
@@ -48,7 +49,7 @@ OPTIMIZERS = {
         Optimizer("sgd", "SGD (torch.optim.SGD)", {
             "lr": ("positive", 1e-3), "momentum": ("nonnegative", 0.0), "dampening": ("nonnegative", 0.0),
             "weight_decay": ("nonnegative", 0.0), "nesterov": ("flag", False),
-        }, state=("momentum_buffer",), scratch=2, own=True),
+        }, state=("momentum_buffer",), scratch=2, own=True, state_if="momentum"),
         Optimizer("adam", "Adam (torch.optim.Adam)", {
             "lr": ("positive", 1e-3), "betas": ("betas", (0.9, 0.999)), "eps": ("nonnegative", 1e-8),
             "weight_decay": ("nonnegative", 0.0),

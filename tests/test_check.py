@@ -3,6 +3,7 @@ gradient a test corrupts on purpose."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,93 @@ def test_a_negative_seed_is_a_one_line_error(root):
                             capture_output=True, text=True, cwd=root)
     assert result.returncode == 2
     assert result.stderr == "graphc: error: --seed must be a whole number from 0 to 2**63 - 1, got -1\n"
+
+
+# ---- the default check samples a large param; --exhaustive compares every entry -----------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    from graphc.cli import compile_spec
+    from graphc.spec import load_spec
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "digits.toml"
+    return compile_spec(load_spec(path, dtype="float64"), str(path))
+
+
+def largest_entry_times(name, factor):
+    """Corrupt the entry of ``name``'s gradient of largest magnitude (one entry of 32,768 for digits' W1)."""
+    def corrupt(grads):
+        grad = np.array(grads[name], copy=True)
+        grad[np.unravel_index(np.argmax(np.abs(grad)), grad.shape)] *= factor
+        return {**grads, name: grad}
+    return corrupt
+
+
+def test_the_default_check_of_a_large_model_takes_a_few_dozen_losses_per_param(digits):
+    mod = digits.load()
+    loss, calls = mod.loss, []
+    mod.loss = lambda *a, **kw: calls.append(1) or loss(*a, **kw)
+    report = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(digits, 0))
+    assert report.ok and not report.exhaustive
+    by_name = {r.param: r for r in report.rows}
+    probes = explain.SAMPLES + explain.DIRECTIONS
+    assert [(r.probes, r.directions) for r in report.rows] == [(probes, 3), (probes, 3), (probes, 3), (10, 0)]
+    assert by_name["W1"].shape == (64, 512) and all(r.rel_err < 1e-6 for r in report.rows)
+    assert len(calls) <= 1 + 2 * (3 * probes + 10)  # f0, then two per difference: none retried at eps / 16
+
+
+@pytest.mark.parametrize("name, corrupt", [
+    ("W1", largest_entry_times("W1", 1.01)),  # one entry of 32,768, 1% off
+    ("W2", largest_entry_times("W2", 1.01)),
+    ("b1", scaled("b1", 1.001)),  # the whole gradient 0.1% off
+    ("W1", scaled("W1", 1.001)),
+])
+def test_the_default_check_finds_a_planted_wrong_gradient_in_a_large_param(digits, name, corrupt):
+    for seed in (0, 1):
+        report = check(digits, corrupt, seed=seed)
+        assert [r.param for r in report.rows if not r.ok] == [name], seed
+        bad = next(r for r in report.rows if r.param == name)
+        assert bad.rel_err > 1e-4 and bad.kinks == 0
+
+
+def middle_spec(tmp_path):
+    spec = tmp_path / "middle.toml"
+    spec.write_text('[inputs]\nX = [6, 8]\ny = [6, 3]\n[params]\nW1 = { shape = [8, 40], init = "randn" }\n'
+                    'W2 = { shape = [40, 3], init = "randn" }\n'
+                    '[nodes]\nloss = "mse(tanh(X @ W1) @ W2, y)"\n[train]\nloss = "loss"\n')
+    return spec
+
+
+def test_exhaustive_compares_every_entry_and_finds_one_wrong_entry(tmp_path, monkeypatch, capsys):
+    load = CompiledModule.load
+
+    def load_corrupted(self):  # entry (5, 17) of W1's gradient, 1% off
+        mod = load(self)
+        mod.value_and_grad = (lambda vg: lambda params, **kw: (lambda v, g: (v, scaled("W1", 1.01, (5, 17))(
+            dict(g))))(*vg(params, **kw)))(mod.value_and_grad)
+        return mod
+
+    spec = middle_spec(tmp_path)
+    assert main(["check", str(spec), "--exhaustive"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1] == "compared: every entry of every param (--exhaustive)"
+    monkeypatch.setattr(CompiledModule, "load", load_corrupted)
+    for args in (["--exhaustive"], []):
+        assert main(["check", str(spec), *args]) == 1
+        out, err = capsys.readouterr()
+        assert err == "" and rows(out) == {"W1": "FAIL", "W2": "pass"}
+        assert out.splitlines()[-1] == "FAIL: wrong gradient for W1"
+        assert ("every entry of every param" in out.splitlines()[1]) == bool(args)
+
+
+def test_exhaustive_report_counts_every_entry(tmp_path):
+    from graphc.spec import load_spec
+    from graphc.cli import compile_spec
+
+    module = compile_spec(load_spec(middle_spec(tmp_path)), "middle.toml")
+    mod = module.load()
+    report = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(module, 0), exhaustive=True)
+    assert report.ok and report.exhaustive
+    assert [(r.probes, r.directions) for r in report.rows] == [(320, 0), (120, 0)]
+    sampled = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(module, 0))
+    assert [(r.probes, r.directions) for r in sampled.rows] == [(35, 3), (35, 3)]

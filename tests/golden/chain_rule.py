@@ -112,6 +112,13 @@ def _batch(**inputs):
     return (*arrays, dims)
 
 
+def _have_params(params, names):
+    """predict, loss and value_and_grad take any arrays (NumPy's broadcasting and casting apply); a missing one is named."""
+    for name in names:
+        if name not in params:
+            raise ValueError(f"param {name!r} is missing")
+
+
 def _check_params(params, names=PARAMS, array=np.ndarray):
     for name in names:
         value = params.get(name)
@@ -159,6 +166,10 @@ def _read_npz(path, names, what):
     """The params `names` from the .npz file at path: names, shapes and dtypes checked before any data is read."""
 
     def check(headers):
+        if "optimizer" in headers and "steps" in headers:
+            raise ValueError(
+                "this is a checkpoint (Trainer.save writes one; Trainer.load reads it), not params"
+            )
         for name in names:
             if name not in headers:
                 raise ValueError(f"param {name!r} is missing")
@@ -247,6 +258,7 @@ def _write_npz(path, arrays):
 
 def predict(params):
     """Return f."""
+    _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
     z = params["z"]
@@ -262,6 +274,7 @@ def predict(params):
 
 def loss(params):
     """Return the loss, f, as a float."""
+    _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
     z = params["z"]
@@ -277,6 +290,7 @@ def loss(params):
 
 def value_and_grad(params):
     """Return (loss, grads): grads maps each name in PARAMS to d f / d param. Params are not changed."""
+    _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
     z = params["z"]
@@ -354,8 +368,11 @@ class Trainer:
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
-        # The optimizer's state of each param (momentum_buffer), zero at the start.
-        self._state = {name: (np.zeros_like(params[name]),) for name in PARAMS}
+        # The optimizer's state of each param (momentum_buffer), zero at the start, kept only when momentum is not 0.
+        self._state = {
+            name: (np.zeros_like(params[name]),) if self.hyperparams["momentum"] else ()
+            for name in PARAMS
+        }
         # Temporaries of the update, shared by the params of one shape.
         shared = {}
         self._scratch = {
@@ -424,10 +441,14 @@ class Trainer:
         hp = self.hyperparams
         lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
         weight_decay, nesterov = hp["weight_decay"], hp["nesterov"]
+        if momentum and not self._state[PARAMS[0]]:
+            raise ValueError(
+                "momentum was 0 when this Trainer was made, so it keeps no momentum buffers: make a Trainer with momentum"
+            )
         self.steps += 1
         for name, grad in zip(PARAMS, grads):
             param = self.params[name]
-            (momentum_buffer,) = self._state[name]
+            (momentum_buffer,) = self._state[name] or (None,)
             tmp, tmp2 = self._scratch[name]
             if weight_decay:  # L2: grad + weight_decay * param
                 np.multiply(param, weight_decay, out=tmp)
@@ -467,9 +488,19 @@ class Trainer:
         """Copy a state_dict() into this Trainer's arrays. A state of another model or optimizer raises
         ValueError and changes nothing."""
         arrays = self._arrays()
+        if "optimizer" not in state and state and set(state) <= set(PARAMS):
+            raise ValueError(
+                "this is a params file (save_params writes one; load_params reads it): Trainer.load reads a checkpoint that Trainer.save wrote"
+            )
         if str(state.get("optimizer")) != OPTIMIZER:
             raise ValueError(
                 f"the state is of optimizer {str(state.get('optimizer'))!r}, this Trainer's is {OPTIMIZER!r}"
+            )
+        kept = any(key.startswith("momentum_buffer.") for key in state)
+        if kept != bool(self._state[PARAMS[0]]):
+            raise ValueError(
+                f"the state {'has' if kept else 'has no'} momentum_buffer arrays, but this Trainer's momentum is {self.hyperparams['momentum']!r}: "
+                "make the Trainer with the momentum the state was saved with (momentum 0 keeps no momentum_buffer)"
             )
         missing = [key for key in ["steps", *arrays] if key not in state]
         if missing:
