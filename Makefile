@@ -39,8 +39,9 @@ digits: setup
 	$(BIN)/graphc compile examples/digits.toml -o examples/digits_model.py
 	$(BIN)/python examples/digits.py --module examples/digits_model.py --params examples/digits_params.npz
 
+# Two workers (pytest-xdist): the suite is CPU-bound, and CI's machines have 2 cores.
 test: test-setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # Thousands of random graphs through the gradient fuzzer (make test runs 50; this runs 5000, about half an hour).
 fuzz: test-setup
