@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import explain
 from ._version import __version__
-from .compiler import BACKENDS, compile
+from .backends import BACKENDS, DEFAULT_BACKEND
+from .compiler import compile
 from .errors import CommandError, GraphcError, OnnxMissing, SpecError, one_line
 from .files import holds, npz_bytes, same_file, write_atomic
 from .graph import DTYPES
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float, help="learning rate (default: the spec's [train] lr)")
     c.add_argument("--dtype", **DTYPE)
     c.add_argument("--dim", **DIM)
-    c.add_argument("--backend", choices=BACKENDS, default="numpy",
+    c.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND,
                    help="numpy (default), or cupy: the module's arrays live on the GPU, with fused kernels")
     c.set_defaults(run=run_compile)
 
@@ -145,7 +146,7 @@ def run_compile(args) -> int:
         command += ["--dtype", args.dtype]
     for d in args.dim:
         command += ["--dim", d]
-    if args.backend != "numpy":
+    if args.backend != DEFAULT_BACKEND:
         command += ["--backend", args.backend]
     module = compile_spec(spec, args.spec, shlex.join(command), lr=args.lr, dims=args.dim, backend=args.backend)
     check_collisions(spec, out, module)

@@ -12,12 +12,14 @@ import black
 import jinja2
 
 from . import fusion, optim
+from .backends import BACKENDS
 from .graph import DTYPES, describe, dim_names, operands, topo_order
 from .ops import OPS
 from .schedule import Schedule
 
-# The names the generated functions use for their own purposes. If a user name takes one, ours is renamed.
-COMPILER_NAMES = ("np", "cp", "params", "self", "dims")
+# The names the generated functions use for their own purposes (NumPy's, every backend's array module, ...). If a
+# user name takes one, ours is renamed.
+COMPILER_NAMES = tuple(dict.fromkeys(["np", *(b.array_module for b in BACKENDS.values()), "params", "self", "dims"]))
 
 
 def template_dir() -> Path:
@@ -138,12 +140,12 @@ class Renderer:
 def render(sched: Schedule, *, name: str, source: str, command: str, version: str, train=None,
            backend: str = "numpy") -> str:
     """The generated module's source, before black. ``train`` (compiler.Training) is None for an inference-only
-    module."""
+    module; ``backend`` is a row of backends.BACKENDS."""
     G, A = sched.G, sched.A
     dims = G.graph.get("dims", {})
     names = compiler_names(set(G) | set(A or ()) | set(dims))
-    xp = names["cp"] if backend == "cupy" else names["np"]  # the array module of the generated functions
-    r = Renderer(G, A, xp, backend)
+    array_module = BACKENDS[backend].array_module
+    r = Renderer(G, A, names[array_module], backend)  # the array module of the generated functions
 
     def function(fn, extra=()):
         body = [r.statement(s) for s in fn.body]
@@ -163,11 +165,11 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
-        dims=dims, train=None, backend=backend,
+        dims=dims, train=None, backend=backend, array_module=array_module,
     )
     if train is not None:
         ws = sched.workspace
-        kernels = fused(sched) if backend == "cupy" else {}  # index of a chain's first statement -> its kernel
+        kernels = fused(sched) if BACKENDS[backend].fuse else {}  # a chain's first statement's index -> its kernel
         buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values}
                    for i, b in enumerate(ws.buffers)]
         workspace_dims = dim_names(b.shape for b in ws.buffers)
@@ -206,13 +208,13 @@ def kernel_macros():
 
 
 def fused(sched):
-    """The CuPy backend's fused kernels of Trainer.step, keyed by the index of their first statement."""
+    """The fused kernels of Trainer.step (a backend that fuses), keyed by the index of their first statement."""
     macros = kernel_macros()
     return fusion.kernels(sched, macros, {name for name in OPS if hasattr(macros, name)})
 
 
 def trainer_body(sched, r: "Renderer", kernels: dict) -> list[dict]:
-    """Trainer.step's statements into the workspace; each fused chain (``kernels``, CuPy) is one kernel call."""
+    """Trainer.step's statements into the workspace; each fused chain (``kernels``) is one kernel call."""
     ws = sched.workspace
     body, skip = [], 0
     for i, p in enumerate(ws.body):

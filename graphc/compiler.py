@@ -11,6 +11,7 @@ import numpy as np
 
 from ._version import __version__
 from .autodiff import adjoint, check_loss
+from .backends import BACKENDS
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .files import check_spec_suffix, holds, load_module, npz_bytes, same_file, write_atomic, write_together
@@ -104,7 +105,7 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
         raise GraphError("the graph has no params: there is nothing to train")
     G.graph["dims"] = check_dims(G, dims)
     init_values = check_init_values(G, init_values)
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise GraphError(f"unknown backend {backend!r} (graphc has {', '.join(map(repr, BACKENDS))})")
     train = None
     if loss is not None:
@@ -126,9 +127,6 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
         backend=backend,
     ))
     return CompiledModule(name, text, G, A, sched, init_values, train)
-
-
-BACKENDS = ("numpy", "cupy")
 
 
 def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:
