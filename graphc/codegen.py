@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keyword
-import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +13,7 @@ import jinja2
 from . import fusion, optim
 from .backends import BACKENDS
 from .graph import DTYPES, describe, dim_names, operands, topo_order
-from .ops import OPS
+from .ops import OPS, fmt as shape_text
 from .schedule import Schedule
 
 # The names the generated functions use for their own purposes (NumPy's, every backend's array module, ...). If a
@@ -59,15 +58,6 @@ def docstring_safe(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
-def sum_to_attrs(in_shape, axis, shape) -> dict:
-    """``np.sum(g, axis=...)`` drops the summed axes; reshape only where a kept size-1 axis must come back."""
-    kept = tuple(d for i, d in enumerate(in_shape) if i not in axis)
-    return {
-        "axis": None if len(axis) == len(in_shape) else (axis[0] if len(axis) == 1 else axis),
-        "reshape": None if kept == tuple(shape) else shape_text(shape),
-    }
-
-
 class Renderer:
     """Writes nodes of the forward graph ``G`` and the adjoint graph ``A`` with the op macros of ops.j2."""
 
@@ -90,19 +80,9 @@ class Renderer:
         graph = self.graphs[key]
         data = graph.nodes[v]
         args = operands(graph, v)
-        first = graph.nodes[args[0]]["shape"] if args else ()
-        attrs = dict(data["attrs"])
-        if data["op"] == "sum_to":
-            attrs = sum_to_attrs(first, **attrs)
-            if into:
-                attrs["keepdims"] = shape_text(1 if i in data["attrs"]["axis"] else d for i, d in enumerate(first))
-        elif data["op"] == "fill":
-            attrs["dtype"] = data["dtype"]
-            attrs["shape"] = shape_text(attrs["shape"])
-        elif data["op"] == "mse" and into:
-            attrs["size"] = size_text(first)
-        if OPS[data["op"]].template_attrs is not None:  # what the op's macros need from its operands' shapes
-            attrs.update(OPS[data["op"]].template_attrs([graph.nodes[a]["shape"] for a in args], data["attrs"]))
+        rule = OPS[data["op"]].template_attrs  # what the op's macros take besides its attrs
+        attrs = dict(data["attrs"]) if rule is None else \
+            rule([graph.nodes[a]["shape"] for a in args], data["attrs"], data["dtype"], into)
         return [self.text[key, a] for a in args], attrs
 
     def expr(self, key: str, v) -> str:
@@ -129,6 +109,7 @@ class Renderer:
             "graph": s.graph,
             "code": code,
             "op": data["op"],
+            "own_array": OPS[data["op"]].own_array,
             "equation": describe(self.graphs["forward"], s.node) if s.graph == "forward" else None,
             "args": [str(a) for a in operands(graph, s.node)],
             "shape": shape_text(data["shape"]),
@@ -209,8 +190,7 @@ def kernel_macros():
 
 def fused(sched):
     """The fused kernels of Trainer.step (a backend that fuses), keyed by the index of their first statement."""
-    macros = kernel_macros()
-    return fusion.kernels(sched, macros, {name for name in OPS if hasattr(macros, name)})
+    return fusion.kernels(sched, kernel_macros())
 
 
 def trainer_body(sched, r: "Renderer", kernels: dict) -> list[dict]:
@@ -244,27 +224,15 @@ def used_dims(dims: dict, body: list, extra=()) -> list[str]:
 
 
 def classes_of(G, v):
-    """An integer input's number of classes (the class axis of the logits it is the target of), else None."""
+    """An integer input's number of classes (the last axis of the first operand of an op that takes it as class
+    indices: the logits of cross_entropy), else None."""
     if G.nodes[v]["dtype"] in DTYPES:
         return None
     for w in G.successors(v):
-        if G.nodes[w]["op"] == "cross_entropy":
-            return G.nodes[operands(G, w)[0]]["shape"][-1]
+        args = operands(G, w)
+        if any(args[i] == v for i in OPS[G.nodes[w]["op"]].int_operands):
+            return G.nodes[args[0]]["shape"][-1]
     return None
-
-
-def shape_text(shape) -> str:
-    """A shape as Python source: named dimensions are the generated function's variables: ``(N, 10)``."""
-    dims = [str(d) for d in shape]
-    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
-
-
-def size_text(dims) -> str:
-    """The number of elements of a shape, as a Python operand: ``N``, ``(N * 10)``; ints folded."""
-    fixed = math.prod(d for d in dims if not isinstance(d, str))
-    factors = [d for d in dims if isinstance(d, str)] + ([str(fixed)] if fixed != 1 or not any(
-        isinstance(d, str) for d in dims) else [])
-    return factors[0] if len(factors) == 1 else f"({' * '.join(factors)})"
 
 
 def render_init(data: dict, np_name: str, dtype: str) -> str:

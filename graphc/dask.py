@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .errors import DataParallelError, GraphcError
 from .files import SPEC_SUFFIXES, load_module, read_regular
+from .ops import REDUCTION
 
 __all__ = ["DataParallelError", "DataParallelTrainer"]
 
@@ -114,7 +115,7 @@ def _check_module(mod, where: str):
     if mod.BATCH_DIM is None:
         raise ValueError(f"{where} has no batch dimension (BATCH_DIM is None): data-parallel training splits the "
                          "batch along a named dimension, e.g. X = [\"N\", 64]")
-    if mod.LOSS_REDUCTION not in ("mean", "sum"):
+    if mod.LOSS_REDUCTION not in REDUCTION:
         raise ValueError(f"{where}: the loss is not a mean or a sum over the batch rows (LOSS_REDUCTION is "
                          f"{mod.LOSS_REDUCTION!r}), so the shards' gradients cannot be combined into the batch's")
 

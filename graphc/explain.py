@@ -27,6 +27,7 @@ from .codegen import Renderer, classes_of, compiler_name, compiler_names
 from .errors import CommandError
 from .files import write_atomic
 from .graph import INT_DTYPES, concrete, describe, operands, topo_order
+from .ops import OPS
 from .schedule import is_statement, value_of
 
 
@@ -92,7 +93,7 @@ class Lines:
             named = " and ".join(describe(self.G, w) for w in uses[:USES_NAMED])
             more = f" and {len(uses) - USES_NAMED} more" if len(uses) > USES_NAMED else ""
             return f"d {self.loss} / d {wrt}: the sum over its {terms} uses, via {named}{more}"
-        if data["op"] in ("copy", "fill"):
+        if OPS[data["op"]].own_array:
             return f"d {self.loss} / d {wrt}, as an array of its own"
         where = f"via {describe(self.G, via)}" if via is not None else ""
         return f"d {self.loss} / d {wrt} {where}".rstrip() if wrt else where

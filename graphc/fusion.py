@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .graph import describe, operands
+from .ops import OPS
 from .schedule import value_of
 
 # C++ (NVRTC compiles C++) and CUDA names a kernel parameter must not take, the functions the kernels call, and
@@ -40,12 +41,12 @@ def c_name(v: str) -> str:
     return "_" + v if v in RESERVED else v
 
 
-def kernels(sched, macros, fusible: set) -> dict[int, Kernel]:
+def kernels(sched, macros) -> dict[int, Kernel]:
     """Kernels of Trainer.step's body, keyed by the index of their first statement in ``sched.workspace.body``.
 
-    A chain is a run of consecutive statements of ops in ``fusible`` (those with a macro in kernels.j2) written
+    A chain is a run of consecutive statements of ops with a kernel (``Op.kernel``: a macro in kernels.j2) written
     into one buffer, each value but the last read only by the next statement; a single statement becomes a
-    kernel when its NumPy form needs several passes (a relu mask, a stable sigmoid)."""
+    kernel when its NumPy form needs several passes (``Op.multipass``: a relu mask, a stable sigmoid)."""
     graphs = {"forward": sched.G, "backward": sched.A}
     body = sched.workspace.body
     readers: dict[str, int] = {}
@@ -59,7 +60,7 @@ def kernels(sched, macros, fusible: set) -> dict[int, Kernel]:
     def ok(p) -> bool:
         graph = graphs[p.graph]
         data = graph.nodes[p.node]
-        return (data["op"] in fusible and p.out is not None and p.computed_with is None
+        return (OPS[data["op"]].kernel and p.out is not None and p.computed_with is None
                 and all(graph.nodes[u]["op"] == "const" or value_of(graph, u) == u for u in operands(graph, p.node)))
 
     found, i = {}, 0
@@ -73,14 +74,10 @@ def kernels(sched, macros, fusible: set) -> dict[int, Kernel]:
                and readers.get(body[j].node) == 1 and body[j].node in operands(graphs[body[j].graph], body[j + 1].node)):
             j += 1
         op = graphs[body[i].graph].nodes[body[i].node]["op"]
-        if j > i or op in SEVERAL_PASSES:
+        if j > i or OPS[op].multipass:
             found[i] = build(graphs[body[i].graph], body[i].graph, [p.node for p in body[i:j + 1]], macros)
         i = j + 1
     return found
-
-
-# ops whose NumPy workspace form takes several passes over memory: worth a kernel on their own
-SEVERAL_PASSES = frozenset({"relu_grad", "sigmoid", "leaky_relu", "tanh_grad", "sigmoid_grad", "leaky_relu_grad"})
 
 
 def build(graph, key: str, nodes: list[str], macros) -> Kernel:
@@ -99,8 +96,7 @@ def build(graph, key: str, nodes: list[str], macros) -> Kernel:
                     k.args.append(u)
                     k.params.append(c_name(u))
                 args.append(c_name(u))
-        attrs = {a: val for a, val in data["attrs"].items() if a == "negative_slope"}
-        inner[v] = str(getattr(macros, data["op"])(*args, **attrs))
+        inner[v] = str(getattr(macros, data["op"])(*args, **data["attrs"]))
         k.equations.append(describe(graph, v))
     k.body = inner[nodes[-1]]
     return k

@@ -35,11 +35,19 @@ class Op:
     scratch: bool = False  # it needs a temporary shaped like its first operand...
     scratch_from: int | None = None  # ...which may be the buffer of this operand, if it dies there
     scratches: Callable | None = None  # or several temporaries: (shapes, attrs) -> [(shape, dtype or None)]
-    int_operands: tuple = ()  # positions where an integer input (class indices) is allowed
-    template_attrs: Callable | None = None  # (operand shapes, attrs) -> extra attrs for the macros
+    int_operands: tuple = ()  # positions where an integer input is allowed (class indices of operand 0's last axis)
+    template_attrs: Callable | None = None  # (operand shapes, attrs, dtype, into) -> the attrs its macros take
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
+    own_array: bool = False  # it gives a gradient an array of its own (its statement's note says so)
     loss: bool = False  # a loss: a sum or a mean over its rows (reduction=), which training.loss_reduction reads
     onnx: str = ""  # the ONNX op type it is, one node of the same operands and no attributes (graphc/onnx reads it)
+    # How training.loss_reduction follows a sum or a mean of the batch's rows through it:
+    reduces: str | None = None  # "sum" or "mean": it reduces over axes (the rows, or others)
+    linear: tuple = ()  # the operands it is linear in when the others are free of the batch (a constant factor)
+    terms: bool = False  # it adds or subtracts its operands
+    # A backend that fuses (backends.Backend.fuse) puts chains of these into one kernel each (fusion.py):
+    kernel: bool = False  # elementwise, with a C macro of its name in templates/kernels.j2
+    multipass: bool = False  # its NumPy workspace form takes several passes over memory: worth a kernel alone
 
     @property
     def macro(self) -> str:
@@ -54,9 +62,18 @@ def op(name, arity, shape, vjp=None, **kw) -> None:
 
 
 def fmt(shape) -> str:
-    """``(N, 64)``: named dimensions without quotes."""
+    """``(N, 64)``: a shape as Python source (in messages, and in the generated code, where a named dimension is
+    the function's variable of that name)."""
     dims = [str(d) for d in shape]
     return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def size_text(dims) -> str:
+    """The number of elements of a shape, as a Python operand: ``N``, ``(N * 10)``; ints folded."""
+    fixed = math.prod(d for d in dims if not isinstance(d, str))
+    factors = [d for d in dims if isinstance(d, str)] + ([str(fixed)] if fixed != 1 or not any(
+        isinstance(d, str) for d in dims) else [])
+    return factors[0] if len(factors) == 1 else f"({' * '.join(factors)})"
 
 
 def fmt_dim(d) -> str:
@@ -234,6 +251,34 @@ def scalar_shape(shapes, attrs):
     return ()
 
 
+# ---- template arguments (Op.template_attrs): what the macros take besides the operands' text ---------------
+# ``into``: for the workspace form (``<macro>_into``).
+
+def sum_to_template(shapes, attrs, dtype, into):
+    """``np.sum(g, axis=...)`` drops the summed axes; reshape only where a kept size-1 axis must come back."""
+    (in_shape,), axis, shape = shapes, attrs["axis"], attrs["shape"]
+    kept = tuple(d for i, d in enumerate(in_shape) if i not in axis)
+    out = {
+        "axis": None if len(axis) == len(in_shape) else (axis[0] if len(axis) == 1 else axis),
+        "reshape": None if kept == tuple(shape) else fmt(shape),
+    }
+    if into:
+        out["keepdims"] = fmt(1 if i in axis else d for i, d in enumerate(in_shape))
+    return out
+
+
+def fill_template(shapes, attrs, dtype, into):
+    return {**attrs, "dtype": dtype, "shape": fmt(attrs["shape"])}
+
+
+def mse_template(shapes, attrs, dtype, into):  # the workspace form divides by the run-time number of elements
+    return {**attrs, "size": size_text(shapes[0])} if into else attrs
+
+
+def cross_entropy_template(shapes, attrs, dtype, into):  # the target: class indices, or probabilities
+    return {**attrs, "indices": len(shapes[1]) == 1}
+
+
 # ---- gradient rules --------------------------------------------------------------------------------------
 
 def add_vjp(b, v, xs, g):
@@ -350,30 +395,34 @@ def bce_vjp(b, v, xs, g):
 # ---- the table -------------------------------------------------------------------------------------------
 # Public ops: what specs and the builder may use.
 op("matmul", 2, matmul_shape, matmul_vjp, onnx="MatMul")
-op("add", 2, broadcast_shape, add_vjp, inplace=True, onnx="Add")
-op("sub", 2, broadcast_shape, sub_vjp, inplace=True, onnx="Sub")
-op("mul", 2, broadcast_shape, mul_vjp, inplace=True, onnx="Mul")
-op("div", 2, broadcast_shape, div_vjp, inplace=True, onnx="Div")
-op("neg", 1, same_shape, neg_vjp, inplace=True, onnx="Neg")
-op("relu", 1, same_shape, relu_vjp, inplace=True, onnx="Relu")
-op("exp", 1, same_shape, exp_vjp, inplace=True, onnx="Exp")
-op("log", 1, same_shape, log_vjp, inplace=True, onnx="Log")
-op("tanh", 1, same_shape, tanh_vjp, inplace=True, onnx="Tanh")
-op("sigmoid", 1, same_shape, sigmoid_vjp, inplace=True, onnx="Sigmoid")  # exp(-logaddexp(0, -x)): no overflow at -1000
+op("add", 2, broadcast_shape, add_vjp, inplace=True, kernel=True, terms=True, onnx="Add")
+op("sub", 2, broadcast_shape, sub_vjp, inplace=True, kernel=True, terms=True, onnx="Sub")
+op("mul", 2, broadcast_shape, mul_vjp, inplace=True, kernel=True, linear=(0, 1), onnx="Mul")
+op("div", 2, broadcast_shape, div_vjp, inplace=True, kernel=True, linear=(0,), onnx="Div")
+op("neg", 1, same_shape, neg_vjp, inplace=True, kernel=True, linear=(0,), onnx="Neg")
+op("relu", 1, same_shape, relu_vjp, inplace=True, kernel=True, onnx="Relu")
+op("exp", 1, same_shape, exp_vjp, inplace=True, kernel=True, onnx="Exp")
+op("log", 1, same_shape, log_vjp, inplace=True, kernel=True, onnx="Log")
+op("tanh", 1, same_shape, tanh_vjp, inplace=True, kernel=True, onnx="Tanh")
+op("sigmoid", 1, same_shape, sigmoid_vjp, inplace=True, kernel=True, multipass=True,
+   onnx="Sigmoid")  # exp(-logaddexp(0, -x)): no overflow at -1000
 op("leaky_relu", 1, same_shape, leaky_relu_vjp, attrs={"negative_slope": NUMBER},
-   defaults={"negative_slope": 0.01}, inplace=True, scratch=True)
+   defaults={"negative_slope": 0.01}, inplace=True, scratch=True, kernel=True, multipass=True)
 op("softmax", 1, along_axis_shape, softmax_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1},
    inplace=True, scratches=softmax_scratch)  # max subtracted; the row max and sum in a small temporary
 op("log_softmax", 1, along_axis_shape, log_softmax_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1},
    scratches=log_softmax_scratch)
-op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
-op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False},
+   reduces="sum")
+op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False},
+   reduces="mean")
 op("transpose", 1, transpose_shape, transpose_vjp, inline=True)  # a view, folded into its consumer: ``W2.T``
 op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"reduction": "mean"},
-   scratch=True, keeps="sub", loss=True)  # the error pred - target, squared and summed without a temporary
+   scratch=True, keeps="sub", loss=True,
+   template_attrs=mse_template)  # the error pred - target, squared and summed without a temporary
 op("cross_entropy", 2, cross_entropy_shape, cross_entropy_vjp, attrs={"reduction": REDUCTION},
    defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch, keeps="softmax", loss=True,
-   template_attrs=lambda shapes, attrs: {"indices": len(shapes[1]) == 1})  # target: class indices or probabilities
+   template_attrs=cross_entropy_template)
 op("binary_cross_entropy_with_logits", 2, bce_shape, bce_vjp, attrs={"reduction": REDUCTION},
    defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2,
    loss=True)
@@ -383,11 +432,14 @@ def internal(name, arity, shape, **kw) -> None:
     op(name, arity, shape, public=False, **kw)
 
 
-internal("relu_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)  # g where y > 0, else 0
-internal("tanh_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)  # g * (1 - y**2)
-internal("sigmoid_grad", 2, same_shape, inplace=True, scratch=True)  # g * y * (1 - y): y is read twice
+internal("relu_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1, kernel=True,
+         multipass=True)  # g where y > 0, else 0
+internal("tanh_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1, kernel=True,
+         multipass=True)  # g * (1 - y**2)
+internal("sigmoid_grad", 2, same_shape, inplace=True, scratch=True, kernel=True,
+         multipass=True)  # g * y * (1 - y): y is read twice
 internal("leaky_relu_grad", 2, same_shape, attrs={"negative_slope": float}, inplace=True, scratch=True,
-         scratch_from=1)  # g where x > 0, else slope * g
+         scratch_from=1, kernel=True, multipass=True)  # g where x > 0, else slope * g
 internal("softmax_grad", 2, same_shape, attrs={"axis": int}, scratches=softmax_scratch)  # y * (g - sum(g * y))
 internal("log_softmax_grad", 2, same_shape, attrs={"axis": int}, inplace=(1,),
          scratches=softmax_scratch)  # g - exp(y) * sum(g): may write over y, not over g
@@ -395,8 +447,11 @@ internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indic
          scratches=cross_entropy_grad_scratch)  # (softmax - target) * scale, from the softmax
 internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
 internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # a reduction's gradient
-internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # unbroadcast g back to ``shape``
-internal("accumulate", None, same_shape, inplace=True)  # fan-out: the sum of every consumer's contribution
-internal("copy", 1, same_shape)  # a gradient that would alias a param or input gets its own array
+internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
+         template_attrs=sum_to_template)  # unbroadcast g back to ``shape``
+internal("accumulate", None, same_shape, inplace=True,
+         kernel=True)  # fan-out: the sum of every consumer's contribution
+internal("copy", 1, same_shape, own_array=True)  # a gradient that would alias a param or input gets its own array
 internal("size", 0, scalar_shape, attrs={"dims": tuple}, inline=True)  # the product of dims: ``(N * 10)``
-internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple})  # a constant gradient, as an array
+internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple}, own_array=True,
+         template_attrs=fill_template)  # a constant gradient, as an array

@@ -10,7 +10,7 @@ import networkx as nx
 from . import optim
 from .errors import GraphError
 from .graph import operands, topo_order
-from .ops import OPS
+from .ops import OPS, REDUCTION, Op
 
 DEFAULT_ITERATIONS = 100
 
@@ -60,6 +60,9 @@ def batch_dim(G: nx.DiGraph, loss) -> str | None:
     return first
 
 
+LEAF = Op("input", 0, None)  # what loss_reduction knows of an input, a param or a constant: nothing
+
+
 def loss_reduction(G: nx.DiGraph, loss, batch: str | None) -> str | None:
     """How the loss combines the batch's rows: "mean" (the batch's loss is the row-weighted mean of its shards'
     losses), "sum" (their sum), or None (neither: shards cannot be combined, e.g. log(mse(...))).
@@ -76,24 +79,23 @@ def loss_reduction(G: nx.DiGraph, loss, batch: str | None) -> str | None:
     kind = {}  # node -> "free", "rows" (one value per row, from that row alone), "mean", "sum" or None
     for v in topo_order(G):
         data, args = G.nodes[v], operands(G, v)
-        op, of = data["op"], [kind[u] for u in args]
+        op, of = OPS.get(data["op"], LEAF), [kind[u] for u in args]
         per_row = all(k in ("rows", "free") for k in of)
+        scaled = [i for i in op.linear if all(k == "free" for j, k in enumerate(of) if j != i)]
         if free[v]:
             kind[v] = "free"
-        elif op in OPS and OPS[op].loss:
+        elif op.loss:
             kind[v] = data["attrs"]["reduction"] if per_row else None
         elif data["shape"][:1] == (batch,):  # per row, unless it mixes the rows (a softmax along them)
-            mixes = "axis" in data["attrs"] and op not in ("sum", "mean") and \
-                data["attrs"]["axis"] % len(data["shape"]) == 0
+            mixes = "axis" in data["attrs"] and not op.reduces and data["attrs"]["axis"] % len(data["shape"]) == 0
             kind[v] = "rows" if per_row and not mixes else None
-        elif op in ("sum", "mean"):  # over the rows (the result has no batch axis), or over the other axes
-            kind[v] = op if of[0] == "rows" else of[0] if of[0] in ("mean", "sum") else None
-        elif op == "neg" or op == "mul" and "free" in of or op == "div" and of[1] == "free":
-            kind[v] = of[0] if of[0] != "free" else of[-1]
-            kind[v] = kind[v] if kind[v] in ("mean", "sum") else None
-        elif op in ("add", "sub"):
+        elif op.reduces:  # over the rows (the result has no batch axis), or over the other axes
+            kind[v] = op.reduces if of[0] == "rows" else of[0] if of[0] in REDUCTION else None
+        elif scaled:  # a constant factor (a negation, a product or a quotient by values free of the batch)
+            kind[v] = of[scaled[0]] if of[scaled[0]] in REDUCTION else None
+        elif op.terms:
             kinds = set(of)
             kind[v] = "mean" if kinds in ({"mean"}, {"mean", "free"}) else "sum" if kinds == {"sum"} else None
         else:
             kind[v] = None
-    return kind[loss] if kind[loss] in ("mean", "sum") else None
+    return kind[loss] if kind[loss] in REDUCTION else None

@@ -5,7 +5,8 @@ import re
 from pathlib import Path
 
 from graphc.backends import BACKENDS
-from graphc.codegen import environment, template_dir
+from graphc.codegen import environment, kernel_macros, template_dir
+from graphc.ops import OPS
 
 GRAPHC = Path(__file__).resolve().parent.parent / "graphc"
 
@@ -31,3 +32,25 @@ def test_no_backend_is_tested_by_name_outside_its_record_and_template():
             assert not literal.search(path.read_text()), f"{path.name} tests the backend"
     for path in template_dir().glob("*.j2"):
         assert not re.search(r"backend\s*[=!]=|\bif\s+cupy\b", path.read_text()), f"{path.name} tests the backend"
+
+
+def test_the_op_table_says_which_ops_have_a_kernel():
+    """Op.kernel is true exactly for the ops with a C macro in templates/kernels.j2 (fusion.py fuses those)."""
+    macros = {key for key in dir(kernel_macros()) if not key.startswith("_")} - {"declare"}
+    assert macros == {name for name, op in OPS.items() if op.kernel}
+    assert all(op.kernel for op in OPS.values() if op.multipass)
+
+
+def test_no_list_of_op_names_outside_the_op_table():
+    """A tuple, list, set or dict literal of two or more op names outside ops.py is a fact about ops kept
+    elsewhere (the builder's __all__ aside)."""
+    import ast
+
+    for path in GRAPHC.glob("*.py"):
+        if path.name in ("ops.py", "__init__.py", "onnx_io.py"):  # onnx_io: the ONNX room, moving to graphc/onnx/
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else \
+                node.keys if isinstance(node, ast.Dict) else []
+            names = [x.value for x in items if isinstance(x, ast.Constant) and x.value in OPS]
+            assert len(names) < 2, f"{path.name}:{node.lineno} lists ops {names}"
