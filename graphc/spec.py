@@ -117,67 +117,27 @@ def default_name(stem: str) -> str:
 
 
 def parse(data: dict, name: str = "model", dtype: str | None = None, path: str = "") -> Spec:
-    """Check a spec's data (the parsed TOML or JSON) and build its graph; ``name`` is the default name."""
-    unknown = sorted(set(data) - SECTIONS)
-    if unknown:
-        raise SpecError(f"unknown top-level key {unknown[0]!r} (expected: {', '.join(sorted(SECTIONS))})")
-    train = section(data, "train", required=True)
-    unknown = sorted(set(train) - TRAIN_KEYS)
-    if unknown:
-        raise SpecError(f"unknown key {unknown[0]!r} in [train] (expected: {', '.join(sorted(TRAIN_KEYS))})")
+    """Check a spec's data (the parsed TOML or JSON) and build its graph; ``name`` is the default name.
+
+    Linear in the number of names: tests/test_big.py counts the work per node at two sizes."""
+    train = check_keys(data)
     dtype = dtype or train.get("dtype") or "float64"
     if dtype not in DTYPES:
         raise SpecError(f"unsupported dtype {dtype!r} (use one of {', '.join(DTYPES)})")
     g = Graph(data.get("name", name), dtype)
-
     inputs, params, nodes = section(data, "inputs"), section(data, "params"), section(data, "nodes")
-    every = [*inputs, *params, *nodes]
-    for key, count in Counter(every).items():
-        if count > 1:
-            raise SpecError(f"duplicate name {key!r} (each name is defined once across sections)", node=key)
-    for key in every:  # before any node is built: a bad name is reported as the user wrote it
-        check_name(key)
-    for key, x in inputs.items():
-        if isinstance(x, dict):
-            extra = sorted(set(x) - INPUT_KEYS)
-            if extra or "shape" not in x:
-                what = f"unknown key {extra[0]!r}" if extra else "no shape"
-                raise SpecError(f"{what}: an input is a shape, or a table {{ shape = [...], dtype = \"int64\" }}",
-                                node=key)
-            g.input(key, x["shape"], dtype=x.get("dtype"))
-        else:
-            g.input(key, x)
-    for key, p in params.items():
-        if not isinstance(p, dict):
-            raise SpecError(f"param {key!r} must be a table {{ shape = [...], init = ... }}", node=key)
-        extra = sorted(set(p) - PARAM_KEYS)
-        if extra:
-            raise SpecError(f"unknown key {extra[0]!r} (a param has {', '.join(sorted(PARAM_KEYS))})", node=key)
-        if "shape" not in p:
-            raise SpecError("param has no shape", node=key)
-        g.param(key, p["shape"], init=p.get("init", "randn"), scale=p.get("scale"))
+    every = check_names([*inputs, *params, *nodes])
+    add_inputs(g, inputs)
+    add_params(g, params)
     namer = Namer(set(every))
-    for key, text in nodes.items():
-        Expression(g, key, set(nodes), namer).build(text)
-
-    loss = train.get("loss")
-    if loss is not None and not isinstance(loss, str):
-        raise SpecError("[train] loss must be the name of the scalar node to minimise")
-    outputs = train.get("outputs")
-    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
-        raise SpecError("[train] outputs must be a list of node names")
-    if loss is None and outputs is None:
-        raise SpecError("[train] needs loss = \"<name of the scalar node to minimise>\" (or, for an "
-                        "inference-only module, outputs = [...])")
-    for ref in [*([loss] if loss else []), *(outputs or [])]:
-        if ref not in g:
-            raise SpecError(f"[train] names {ref!r}, which is not defined", node=ref)
+    for key, text in nodes.items():  # `nodes` itself says which names come later (not a set of them per node)
+        Expression(g, key, nodes, namer).build(text)
+    loss, outputs = targets(train, g)
     iterations = train.get("iterations", DEFAULT_ITERATIONS)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 10**9:
-        raise SpecError(f"[train] iterations must be an integer from 1 to 10**9, got {iterations!r}")
-    for key in ("epochs", "batch_size"):
-        value = train.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9):
+    for key in ("iterations", "epochs", "batch_size"):
+        value = iterations if key == "iterations" else train.get(key)
+        if (value is not None or key == "iterations") and (isinstance(value, bool) or not isinstance(value, int)
+                                                            or not 1 <= value <= 10**9):
             raise SpecError(f"[train] {key} must be an integer from 1 to 10**9, got {value!r}")
     optimizer = train.get("optimizer", "sgd")
     given = {k: tuple(v) if k == "betas" and isinstance(v, list) else v for k, v in train.items() if k in HYPERPARAMS}
@@ -190,6 +150,71 @@ def parse(data: dict, name: str = "model", dtype: str | None = None, path: str =
     values, params_path = params_file(data, path, g)
     return Spec(g, loss, outputs, lr, iterations, path, optimizer, given, dims, train.get("epochs"),
                 train.get("batch_size"), values, params_path)
+
+
+def check_keys(data: dict) -> dict:
+    """The top-level keys and [train]'s are known ones; returns [train]."""
+    unknown = sorted(set(data) - SECTIONS)
+    if unknown:
+        raise SpecError(f"unknown top-level key {unknown[0]!r} (expected: {', '.join(sorted(SECTIONS))})")
+    train = section(data, "train", required=True)
+    unknown = sorted(set(train) - TRAIN_KEYS)
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r} in [train] (expected: {', '.join(sorted(TRAIN_KEYS))})")
+    return train
+
+
+def check_names(every: list) -> list:
+    """Each name defined once across the sections, and valid, before any node is built: a bad name is reported
+    as the user wrote it."""
+    for key, count in Counter(every).items():
+        if count > 1:
+            raise SpecError(f"duplicate name {key!r} (each name is defined once across sections)", node=key)
+    for key in every:
+        check_name(key)
+    return every
+
+
+def add_inputs(g: Graph, inputs: dict) -> None:
+    for key, x in inputs.items():
+        if isinstance(x, dict):
+            extra = sorted(set(x) - INPUT_KEYS)
+            if extra or "shape" not in x:
+                what = f"unknown key {extra[0]!r}" if extra else "no shape"
+                raise SpecError(f"{what}: an input is a shape, or a table {{ shape = [...], dtype = \"int64\" }}",
+                                node=key)
+            g.input(key, x["shape"], dtype=x.get("dtype"))
+        else:
+            g.input(key, x)
+
+
+def add_params(g: Graph, params: dict) -> None:
+    for key, p in params.items():
+        if not isinstance(p, dict):
+            raise SpecError(f"param {key!r} must be a table {{ shape = [...], init = ... }}", node=key)
+        extra = sorted(set(p) - PARAM_KEYS)
+        if extra:
+            raise SpecError(f"unknown key {extra[0]!r} (a param has {', '.join(sorted(PARAM_KEYS))})", node=key)
+        if "shape" not in p:
+            raise SpecError("param has no shape", node=key)
+        g.param(key, p["shape"], init=p.get("init", "randn"), scale=p.get("scale"))
+
+
+def targets(train: dict, g: Graph) -> tuple:
+    """[train]'s loss and outputs: names of the graph."""
+    loss = train.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        raise SpecError("[train] loss must be the name of the scalar node to minimise")
+    outputs = train.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
+        raise SpecError("[train] outputs must be a list of node names")
+    if loss is None and outputs is None:
+        raise SpecError("[train] needs loss = \"<name of the scalar node to minimise>\" (or, for an "
+                        "inference-only module, outputs = [...])")
+    for ref in [*([loss] if loss else []), *(outputs or [])]:
+        if ref not in g:
+            raise SpecError(f"[train] names {ref!r}, which is not defined", node=ref)
+    return loss, outputs
 
 
 def params_file(data: dict, path: str, g: Graph) -> tuple[dict, Path | None]:
@@ -252,7 +277,7 @@ def clip(text: str, n: int = 60) -> str:
 class Expression:
     """One ``name = "expression"`` of [nodes], turned into graph nodes by an explicit-stack walk of its AST."""
 
-    def __init__(self, g: Graph, target: str, later: set, namer: Namer):
+    def __init__(self, g: Graph, target: str, later, namer: Namer):  # later: the names defined below (a container)
         self.g, self.target, self.later, self.namer = g, target, later, namer
 
     def fail(self, message: str):
