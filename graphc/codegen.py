@@ -298,8 +298,23 @@ def _format_by_shape(text: str) -> str | None:
     marker = "graphc_shape"
     while marker in text:
         marker += "_"
+    candidates = _candidates(lines)
+    one_line = _one_line_shapes({shape for shape, _ in candidates.values()}, marker)
+    taken = {}  # the lines taken by shape: names back in, in order, and still within the line length
+    for i, (shape, names) in candidates.items():
+        out = one_line.get(shape)
+        if out is not None and len(_PLACEHOLDER.findall(out)) == len(names):
+            it = iter(names)
+            line = _PLACEHOLDER.sub(lambda m: next(it), out)
+            if len(line) <= black.Mode().line_length:
+                taken[i] = line
+    skeleton, runs = _skeleton(lines, taken, marker)
+    return _put_back(_black("\n".join(skeleton)), runs, marker)
 
-    # 1. the candidates: a complete one-line simple statement or comment, indented by 4k spaces (k >= 1)
+
+def _candidates(lines: list[str]) -> dict[int, tuple[str, list[str]]]:
+    """The lines that are a complete one-line simple statement or comment, indented by 4k spaces (k >= 1):
+    line index -> (its shape, its names in order)."""
     candidates, depth, in_string = {}, 0, False
     for i, line in enumerate(lines):
         quotes = line.count('"""') + line.count("\'\'\'")
@@ -317,9 +332,13 @@ def _format_by_shape(text: str) -> str | None:
             shape = _IDENTIFIER.sub(lambda m: m.group() if keyword.iskeyword(m.group()) else "a", line)
             candidates[i] = (shape, names)
         depth += opened
+    return candidates
 
-    # 2. each distinct shape through black once, nested to its own depth, after a marker comment of its own
-    shapes = sorted({shape for shape, _ in candidates.values()}, key=lambda s: (len(s) - len(s.lstrip()), s))
+
+def _one_line_shapes(shapes: set, marker: str) -> dict[str, str]:
+    """Each distinct shape through black once, nested to its own depth after a marker comment of its own:
+    shape -> black's line, for the shapes black keeps on one line."""
+    shapes = sorted(shapes, key=lambda s: (len(s) - len(s.lstrip()), s))
     synthetic, level = ["def f():"], 1
     for k, shape in enumerate(shapes):
         indent = (len(shape) - len(shape.lstrip())) // 4
@@ -337,19 +356,12 @@ def _format_by_shape(text: str) -> str | None:
             current = None
         elif current is not None:
             formatted[current].append(line)
-    one_line = {shapes[k]: out[0] for k, out in formatted.items() if len(out) == 1}
+    return {shapes[k]: out[0] for k, out in formatted.items() if len(out) == 1}
 
-    # 3. the lines taken by shape: names back in, in order, and still within the line length
-    taken = {}
-    for i, (shape, names) in candidates.items():
-        out = one_line.get(shape)
-        if out is not None and len(_PLACEHOLDER.findall(out)) == len(names):
-            it = iter(names)
-            line = _PLACEHOLDER.sub(lambda m: next(it), out)
-            if len(line) <= black.Mode().line_length:
-                taken[i] = line
 
-    # 4. runs of taken lines (one indent, nothing between) become markers; black formats everything else
+def _skeleton(lines: list[str], taken: dict, marker: str) -> tuple[list[str], list]:
+    """The module with each run of taken lines (one indent, nothing between) as marker lines of the same kind
+    (comment or statement), so that black's blank-line rules see the same neighbours; and the runs."""
     skeleton, runs, i = [], [], 0
     while i < len(lines):
         if i not in taken:
@@ -366,11 +378,15 @@ def _format_by_shape(text: str) -> str | None:
             comment = lines[k].lstrip().startswith("#")
             skeleton.append(" " * indent + (f"# {marker} {run} {end}" if comment else f"{marker}_{run}_{end} = 0"))
         i = j + 1
+    return skeleton, runs
 
-    # 5. the runs back in place of their markers, checking that black kept the markers as they were
+
+def _put_back(formatted: str, runs: list, marker: str) -> str | None:
+    """The runs back in place of their markers in black's output, checking that black kept the markers as they
+    were; None where it did not."""
     placeholder = re.compile(rf"^( *)(?:# {marker} (\d+) (first|last)|{marker}_(\d+)_(first|last) = 0)$")
     out, expected, opened = [], 0, None
-    for line in _black("\n".join(skeleton)).split("\n"):
+    for line in formatted.split("\n"):
         m = placeholder.match(line)
         if m is None:
             if opened is not None:

@@ -120,6 +120,23 @@ def _check_module(mod, where: str):
                          f"{mod.LOSS_REDUCTION!r}), so the shards' gradients cannot be combined into the batch's")
 
 
+def batch_rows(arrays: dict, batched: list, dim: str) -> int:
+    """The number of rows of the batch: axis 0 of every batched input, the same for all of them, not 0."""
+    rows = None
+    for k in batched:
+        if arrays[k].ndim == 0:
+            raise ValueError(f"input {k!r}: expected an array with the batch dimension {dim!r} as axis 0, "
+                             "got a scalar")
+        n = arrays[k].shape[0]
+        if rows is None:
+            rows, first = n, k
+        elif n != rows:
+            raise ValueError(f"dimension {dim!r}: input {first!r} has {rows} rows, input {k!r} has {n}")
+    if rows == 0:
+        raise ValueError(f"the batch is empty (dimension {dim!r} is 0)")
+    return rows
+
+
 class DataParallelTrainer:
     """Train a generated module data-parallel on a Dask cluster: the driver keeps the params and the optimizer
     (a local ``Trainer``); the workers compute the gradients of their shards of the batch.
@@ -182,6 +199,33 @@ class DataParallelTrainer:
         to every worker. Replaces any data scattered before (also the way to go on after a worker was lost)."""
         import numpy as np
 
+        given = self._bind(inputs, named_inputs)
+        arrays = {k: np.asarray(given[k]) for k in self._inputs}
+        dim = self.module.BATCH_DIM
+        batched = [k for k in self._inputs if (self.module._SHAPES.get(k) or (None,))[0] == dim]
+        if not batched:
+            raise ValueError(f"no input of the loss has the batch dimension {dim!r} as its axis 0")
+        rows = batch_rows(arrays, batched, dim)
+        self._check_reduction(arrays, batched, rows)
+        try:
+            workers = self._requested_workers or sorted(self.client.nthreads())
+        except Exception as err:
+            raise DataParallelError(f"cannot reach the cluster: {type(err).__name__}: {err}") from err
+        if not workers:
+            raise DataParallelError("the cluster has no workers")
+        count = min(len(workers), rows)
+        workers = workers[:count]
+        sizes = [rows // count + (i < rows % count) for i in range(count)]
+        self.release()
+        try:
+            shards = self._send(arrays, batched, workers, sizes)
+        except Exception as err:
+            raise DataParallelError(f"cannot scatter the data: {type(err).__name__}: {err}") from err
+        self._shards, self.workers, self.shard_rows, self._lost = shards, workers, sizes, ""
+        return self
+
+    def _bind(self, inputs: tuple, named_inputs: dict) -> dict:
+        """scatter()'s arguments by input name, as Python binds a call's (TypeError for a wrong call)."""
         names = self._inputs
         if len(inputs) > len(names):
             raise TypeError(f"scatter() takes the inputs {', '.join(names)}: got {len(inputs)} positional values")
@@ -195,50 +239,22 @@ class DataParallelTrainer:
         missing = [k for k in names if k not in given]
         if missing:
             raise TypeError(f"scatter(): missing input(s) {', '.join(missing)} (the loss takes {', '.join(names)})")
-        arrays = {k: np.asarray(given[k]) for k in names}
-        dim = self.module.BATCH_DIM
-        batched = [k for k in names if (self.module._SHAPES.get(k) or (None,))[0] == dim]
-        if not batched:
-            raise ValueError(f"no input of the loss has the batch dimension {dim!r} as its axis 0")
-        rows = None
-        for k in batched:
-            if arrays[k].ndim == 0:
-                raise ValueError(f"input {k!r}: expected an array with the batch dimension {dim!r} as axis 0, "
-                                 "got a scalar")
-            n = arrays[k].shape[0]
-            if rows is None:
-                rows, first = n, k
-            elif n != rows:
-                raise ValueError(f"dimension {dim!r}: input {first!r} has {rows} rows, input {k!r} has {n}")
-        if rows == 0:
-            raise ValueError(f"the batch is empty (dimension {dim!r} is 0)")
-        self._check_reduction(arrays, batched, rows)
+        return given
 
-        client = self.client
-        try:
-            workers = self._requested_workers or sorted(client.nthreads())
-        except Exception as err:
-            raise DataParallelError(f"cannot reach the cluster: {type(err).__name__}: {err}") from err
-        if not workers:
-            raise DataParallelError("the cluster has no workers")
-        count = min(len(workers), rows)
-        workers = workers[:count]
-        sizes = [rows // count + (i < rows % count) for i in range(count)]
-        self.release()
-        try:
-            whole = [k for k in names if k not in batched]
-            shared = dict(zip(whole, client.scatter([arrays[k] for k in whole], workers=workers, broadcast=True,
-                                                    hash=False))) if whole else {}
-            shards, lo = [], 0
-            for w, size in zip(workers, sizes):
-                parts = [arrays[k][lo:lo + size] for k in batched]
-                sent = dict(zip(batched, client.scatter(parts, workers=[w], hash=False)))
-                shards.append([sent[k] if k in sent else shared[k] for k in names])
-                lo += size
-        except Exception as err:
-            raise DataParallelError(f"cannot scatter the data: {type(err).__name__}: {err}") from err
-        self._shards, self.workers, self.shard_rows, self._lost = shards, workers, sizes, ""
-        return self
+    def _send(self, arrays: dict, batched: list, workers: list, sizes: list) -> list:
+        """The unbatched inputs to every worker, each worker's rows of the batched ones to it: per worker, its
+        futures in input order."""
+        client, names = self.client, self._inputs
+        whole = [k for k in names if k not in batched]
+        shared = dict(zip(whole, client.scatter([arrays[k] for k in whole], workers=workers, broadcast=True,
+                                                hash=False))) if whole else {}
+        shards, lo = [], 0
+        for w, size in zip(workers, sizes):
+            parts = [arrays[k][lo:lo + size] for k in batched]
+            sent = dict(zip(batched, client.scatter(parts, workers=[w], hash=False)))
+            shards.append([sent[k] if k in sent else shared[k] for k in names])
+            lo += size
+        return shards
 
     def _check_reduction(self, arrays: dict, batched: list, rows: int):
         """The loss must combine over the shards as LOSS_REDUCTION says, or the combined gradients are wrong (a loss

@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import GraphError, ShapeError
-from .ops import OPS, check_attrs
+from .ops import OPS, as_float, check_attrs
 
 DTYPES = ("float64", "float32")
 INT_DTYPES = ("int64",)  # inputs only: class indices
@@ -134,10 +134,7 @@ def check_dtype(dtype, node: str | None = None, integer: bool = False) -> str:
 def check_number(value, what: str, node: str | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise GraphError(f"{what} must be a number, got {value!r}", node=node)
-    try:
-        value = float(value)
-    except OverflowError:
-        value = math.inf
+    value = as_float(value)
     if not math.isfinite(value):
         raise GraphError(f"{what} must be finite, got {value!r}", node=node)
     return value

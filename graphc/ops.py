@@ -94,6 +94,14 @@ class Check:
     convert: Callable = lambda value: value
 
 
+def as_float(x) -> float:
+    """``float(x)``, with an int too large for a float (TOML and JSON have no limit) as inf, not an exception."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf
+
+
 def is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 

@@ -15,6 +15,7 @@ import numbers
 from dataclasses import dataclass
 
 from .errors import GraphError
+from .ops import as_float
 
 # kind -> (what a value must be, the check)
 KINDS = {
@@ -62,16 +63,6 @@ OPTIMIZERS = {
 }
 
 
-def as_float(v):
-    """A number as a float (an int too large for one is inf); anything else as it is."""
-    if is_number(v) and not isinstance(v, float):
-        try:
-            return float(v)
-        except OverflowError:
-            return math.inf
-    return v
-
-
 def hyperparams(optimizer: str, given: dict, where: str | None = None) -> dict:
     """Every hyperparameter of ``optimizer``, ``given`` checked and the rest at torch's defaults. Messages name
     a hyperparameter after ``where`` (default: "<optimizer> hyperparameter ")."""
@@ -86,7 +77,7 @@ def hyperparams(optimizer: str, given: dict, where: str | None = None) -> dict:
     values = {**opt.defaults(), **given}
     for key, value in values.items():
         what, ok = KINDS[opt.hyperparams[key][0]]
-        if not ok(as_float(value)):
+        if not ok(as_float(value) if is_number(value) else value):
             raise GraphError(f"{where}{key} must be {what}, got {value!r}")
     if values.get("nesterov") and (values["momentum"] <= 0 or values["dampening"] != 0):
         raise GraphError(f"{where}nesterov (True) needs momentum > 0 and dampening = 0 "

@@ -172,87 +172,117 @@ def temporaries(pool: Pool, graph: nx.DiGraph, v, dtype: str, start: int = 0) ->
 def plan_workspace(sched: Schedule) -> Workspace:
     """Assign every non-scalar value of the training step to a buffer; values whose lifetimes do not overlap
     share one (same shape and dtype), and elementwise ops write over an operand that dies at that statement."""
-    G, A = sched.G, sched.A
-    graphs = {"forward": G, "backward": A}
-    body = sched.train.body
-    grads = {p: value_of(sched.A, g) for p, g in sched.A.graph["grads"].items()}
-    reads = []
-    for s in body:
-        graph = graphs[s.graph]
-        reads.append([value_of(graph, u) for u in operands(graph, s.node)])
-    reads += [[g] for g in grads.values()]
-    last = {}
-    for i, values in enumerate(reads):
-        for u in values:
-            last[u] = i
+    plan = Planner(sched)
+    placed = [plan.place(i, s) for i, s in enumerate(plan.body)]
+    updates = [Update(p, g, inplace=g in plan.where and plan.last[g] == len(plan.body) + k)
+               for k, (p, g) in enumerate(plan.grads.items())]
+    return Workspace(plan.pool.buffers, placed, updates, plan.values)
 
-    # Some workspace forms compute on the way a value their gradient needs again (Op.keeps): mse the error
-    # pred - target, cross_entropy the softmax of the logits. That adjoint node (made by the same forward node's
-    # rule, of its first operands) is kept in the buffer the forward statement wrote it to, not computed twice.
-    keeps = {}  # forward node -> the adjoint node its workspace form computes
+
+class Planner:
+    """plan_workspace's state as it walks the training step: which buffer holds each live value, and when each
+    value is read for the last time."""
+
+    def __init__(self, sched: Schedule):
+        self.G, self.A = sched.G, sched.A
+        self.graphs = {"forward": sched.G, "backward": sched.A}
+        self.body = sched.train.body
+        self.grads = {p: value_of(sched.A, g) for p, g in sched.A.graph["grads"].items()}
+        self.reads = []  # per statement, the values it reads; then each gradient, read by the update
+        for s in self.body:
+            graph = self.graphs[s.graph]
+            self.reads.append([value_of(graph, u) for u in operands(graph, s.node)])
+        self.reads += [[g] for g in self.grads.values()]
+        self.last = {}  # value -> the index of its last reader
+        for i, values in enumerate(self.reads):
+            for u in values:
+                self.last[u] = i
+        self.keeps = kept_values(self.G, self.A)  # forward node -> the adjoint node its workspace form computes
+        self.kept = {}  # the kept adjoint node -> the forward statement that computed it
+        self.sizes = self.G.graph.get("dims", {})
+        self.pool, self.where, self.values = Pool(self.sizes), {}, []
+
+    def place(self, i: int, s) -> Placed:
+        graph = self.graphs[s.graph]
+        data = graph.nodes[s.node]
+        shape, dtype = tuple(data["shape"]), data["dtype"]
+        if shape != ():
+            self.values.append(Buffer(shape, dtype, [s.node], self.sizes))
+        if s.node in self.kept:  # already in its buffer: the forward statement computed it
+            out = self.where[s.node]
+            placed = Placed(s.graph, s.node, out, None, computed_with=self.kept[s.node])
+        else:
+            out = self.output(i, s.node, data) if shape != () else None
+            placed = Placed(s.graph, s.node, out, self.scratch(i, graph, s.node, out))
+        self.release(i, s.node, out)
+        return placed
+
+    def dies_here(self, u, i: int) -> bool:
+        return u in self.where and self.last[u] == i
+
+    def output(self, i: int, v, data) -> int:
+        """The buffer ``v`` is written to: that of an operand that dies here, where the op may write over it."""
+        op, reads = OPS[data["op"]], self.reads[i]
+        shape, dtype = tuple(data["shape"]), data["dtype"]
+        candidates = reads if op.inplace is True else [reads[k] for k in op.inplace or ()]
+        if data["op"] == "accumulate":  # a sum is written term by term: only over its first term,
+            candidates = [] if reads[0] in reads[1:] else reads[:1]  # and not if it comes again
+        for u in candidates:
+            buffer = self.pool.buffers[self.where[u]] if self.dies_here(u, i) else None
+            if buffer is not None and buffer.shape == shape and buffer.dtype == dtype:
+                out = self.where[u]
+                buffer.values.append(v)
+                break
+        else:
+            out = self.pool.take(shape, dtype, v)
+        self.where[v] = out
+        return out
+
+    def scratch(self, i: int, graph, v, out):
+        """The op's temporaries: the kept value's buffer first (Op.keeps), several (Op.scratches), or one shaped
+        like its first operand (Op.scratch), which may be the buffer of an operand that dies here."""
+        op, dtype = OPS[graph.nodes[v]["op"]], graph.nodes[v]["dtype"]
+        args = operands(graph, v)
+        first = tuple(graph.nodes[args[0]]["shape"]) if args else ()
+        if v in self.keeps and first != ():  # its first temporary is the kept value's buffer
+            e = self.keeps[v]
+            scratch = self.where[e] = self.pool.take(tuple(self.A.nodes[e]["shape"]), dtype, e)
+            self.kept[e] = v
+            if op.scratches is not None:
+                scratch = (scratch, *temporaries(self.pool, graph, v, dtype, start=1))
+            return scratch
+        if op.scratches is not None:
+            return temporaries(self.pool, graph, v, dtype)
+        if not op.scratch or first == ():
+            return None
+        donor = self.reads[i][op.scratch_from] if op.scratch_from is not None else None
+        if self.dies_here(donor, i) and self.where[donor] != out and self.pool.buffers[self.where[donor]].shape == first:
+            self.pool.buffers[self.where[donor]].values.append(f"scratch for {v}")
+            return self.where[donor]
+        scratch = self.pool.take(first, dtype, f"scratch for {v}")
+        self.pool.give_back(scratch)
+        return scratch
+
+    def release(self, i: int, v, out) -> None:
+        """The buffers of the values last read here, and of ``v`` if nothing reads it, go back to the pool."""
+        for u in dict.fromkeys(self.reads[i]):  # in operand order, not hash order: the plan must be deterministic
+            if self.dies_here(u, i):
+                index = self.where.pop(u)
+                if index != out:
+                    self.pool.give_back(index)
+        if v in self.where and v not in self.last:  # never read again
+            self.pool.give_back(self.where.pop(v))
+
+
+def kept_values(G: nx.DiGraph, A: nx.DiGraph) -> dict:
+    """Some workspace forms compute on the way a value their gradient needs again (Op.keeps): mse the error
+    pred - target, cross_entropy the softmax of the logits. That adjoint node (made by the same forward node's
+    rule, of its first operands) is kept in the buffer the forward statement wrote it to, not computed twice.
+    Returns forward node -> that adjoint node."""
+    keeps = {}
     for e in A:
         v = A.nodes[e].get("via")
         if v in G and G.nodes[v]["op"] in OPS and OPS[G.nodes[v]["op"]].keeps == A.nodes[e]["op"] \
                 and operands(A, e) == operands(G, v)[:len(operands(A, e))]:
             keeps[v] = e
-    kept = {}  # the kept adjoint node -> the forward statement that computed it
-
-    sizes = G.graph.get("dims", {})
-    pool, where, placed, values = Pool(sizes), {}, [], []
-    for i, s in enumerate(body):
-        graph = graphs[s.graph]
-        data = graph.nodes[s.node]
-        op = OPS[data["op"]]
-        shape, dtype = tuple(data["shape"]), data["dtype"]
-        if shape != ():
-            values.append(Buffer(shape, dtype, [s.node], sizes))
-        if s.node in kept:  # already in its buffer: the forward statement computed it
-            out = where[s.node]
-            placed.append(Placed(s.graph, s.node, out, None, computed_with=kept[s.node]))
-        else:
-            out = scratch = None
-            if shape != ():
-                candidates = reads[i] if op.inplace is True else [reads[i][k] for k in op.inplace or ()]
-                if data["op"] == "accumulate":  # a sum is written term by term: only over its first term,
-                    candidates = [] if reads[i][0] in reads[i][1:] else reads[i][:1]  # and not if it comes again
-                for u in candidates:
-                    if u in where and last[u] == i and pool.buffers[where[u]].shape == shape \
-                            and pool.buffers[where[u]].dtype == dtype:
-                        out = where[u]
-                        pool.buffers[out].values.append(s.node)
-                        break
-                else:
-                    out = pool.take(shape, dtype, s.node)
-                where[s.node] = out
-            args = operands(graph, s.node)
-            first = tuple(graph.nodes[args[0]]["shape"]) if args else ()
-            if s.node in keeps and first != ():  # its first temporary is the kept value's buffer
-                e = keeps[s.node]
-                scratch = where[e] = pool.take(tuple(A.nodes[e]["shape"]), dtype, e)
-                kept[e] = s.node
-                if op.scratches is not None:
-                    scratch = (scratch, *temporaries(pool, graph, s.node, dtype, start=1))
-            elif op.scratches is not None:
-                scratch = temporaries(pool, graph, s.node, dtype)
-            elif op.scratch and first != ():
-                donor = reads[i][op.scratch_from] if op.scratch_from is not None else None
-                if donor in where and last[donor] == i and where[donor] != out \
-                        and pool.buffers[where[donor]].shape == first:
-                    scratch = where[donor]
-                    pool.buffers[scratch].values.append(f"scratch for {s.node}")
-                else:
-                    scratch = pool.take(first, dtype, f"scratch for {s.node}")
-                    pool.give_back(scratch)
-            placed.append(Placed(s.graph, s.node, out, scratch))
-        for u in dict.fromkeys(reads[i]):  # in operand order, not hash order: the plan must be deterministic
-            if u in where and last[u] == i:
-                index = where.pop(u)
-                if index != out:
-                    pool.give_back(index)
-        if s.node in where and s.node not in last:  # never read again
-            pool.give_back(where.pop(s.node))
-
-    updates = []
-    for k, (p, g) in enumerate(grads.items()):
-        updates.append(Update(p, g, inplace=g in where and last[g] == len(body) + k))
-    return Workspace(pool.buffers, placed, updates, values)
+    return keeps

@@ -17,6 +17,7 @@ from .files import read_npz, read_regular
 from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
 from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
+from .ops import as_float
 from .training import DEFAULT_ITERATIONS
 
 SECTIONS = {"name", "inputs", "params", "nodes", "train", "dims", "params_file"}
@@ -260,14 +261,6 @@ def inside(file: Path, folder: Path) -> bool:
         return file.resolve().is_relative_to(folder.resolve())
     except (OSError, RuntimeError):
         return False
-
-
-def as_float(x) -> float:
-    """``float(x)``, with an int too large for a float (JSON has no limit) as inf rather than an exception."""
-    try:
-        return float(x)
-    except OverflowError:
-        return math.inf
 
 
 def clip(text: str, n: int = 60) -> str:
