@@ -163,7 +163,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
-        dims=dims, train=None, backend=backend,
+        dims=dims, train=None, backend=backend, helpers=helpers(r, G, A),
     )
     if train is not None:
         ws = sched.workspace
@@ -193,6 +193,13 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
+
+
+def helpers(r: "Renderer", G, A) -> list[str]:
+    """The module's functions that the ops' macros call (Op.helpers), each once, in name order."""
+    names = {h for graph in (G, A) if graph is not None for _, op in graph.nodes(data="op") if op in OPS
+             for h in OPS[op].helpers}
+    return [str(getattr(r.ops, f"helper_{h}")()) for h in sorted(names)]
 
 
 def buffer(index):

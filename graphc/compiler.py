@@ -15,6 +15,7 @@ from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .files import check_spec_suffix, holds, load_module, npz_bytes, same_file, write_atomic, write_together
 from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx
+from .ops import OPS
 from .passes import optimize
 from .schedule import Schedule, schedule
 from .training import DEFAULT_ITERATIONS, Training, training
@@ -114,6 +115,8 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
     elif hyperparams or lr is not None:
         raise GraphError("optimizer settings without a loss: give the loss to train, or leave them out")
     A = optimize(adjoint(G, loss, reserved=G.graph["dims"])) if loss is not None else None
+    if backend == "cupy":
+        check_cupy_ops(G, A)
     sched = schedule(G, A, loss, outputs)
     name = G.graph["name"]
     text = format_source(render(
@@ -129,6 +132,16 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
 
 
 BACKENDS = ("numpy", "cupy")
+
+
+def check_cupy_ops(G: nx.DiGraph, A: nx.DiGraph | None) -> None:
+    """An op with no CuPy form yet (Op.numpy_only) is one line naming it and its node."""
+    for graph in (G, A):
+        for v, op in (graph.nodes(data="op") if graph is not None else ()):
+            if op in OPS and OPS[op].numpy_only:
+                node = graph.nodes[v].get("via", v)  # a gradient's: the forward node whose rule built it
+                raise GraphError(f"{G.nodes[node]['op']} has no CuPy form yet: compile with backend='numpy'",
+                                 node=node)
 
 
 def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:

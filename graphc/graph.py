@@ -270,6 +270,12 @@ class Tensor:
     def __neg__(self):
         return apply("neg", self)
 
+    def __pow__(self, other):
+        return apply("pow", self, other)
+
+    def __rpow__(self, other):
+        return apply("pow", other, self)
+
     def __matmul__(self, other):
         return apply("matmul", self, other)
 
@@ -350,6 +356,7 @@ class Graph:
     def apply(self, op: str, *args, name: str | None = None, **attrs) -> Tensor:
         """Add ``name = op(*args, **attrs)``; numbers become constants, strings name existing nodes."""
         before = self.nx.number_of_nodes()
+        args, attrs = attr_operands(op, args, attrs, name)
         try:
             handles = [self._operand(a) for a in args]
             name = self._new_name(name, op)
@@ -376,6 +383,27 @@ class Graph:
     @property
     def params(self) -> list[str]:
         return [n for n, op in self.nx.nodes(data="op") if op == "param"]
+
+
+def attr_operands(op: str, args: tuple, attrs: dict, name) -> tuple[tuple, dict]:
+    """Trailing operands that are attrs of the op (Op.attr_operands: ``pow(x, 2.0)``, ``clip(x, 0.0, 6.0)``):
+    numbers (or None), never tensors."""
+    known = OPS.get(op)
+    if known is None or not known.attr_operands or len(args) <= known.arity:
+        return args, attrs
+    extra = args[known.arity:]
+    if len(extra) > len(known.attr_operands):
+        raise GraphError(f"{op} takes {known.arity} operand{'s' * (known.arity != 1)} and "
+                         f"{', '.join(known.attr_operands)}, got {len(args)} arguments", node=name)
+    attrs = dict(attrs)
+    for key, value in zip(known.attr_operands, extra):
+        if isinstance(value, (Tensor, str)):
+            what = value.name if isinstance(value, Tensor) else value
+            raise GraphError(f"{op}'s {key} must be a number, not the tensor {what!r}", node=name)
+        if key in attrs:
+            raise GraphError(f"{op}'s {key} is given twice", node=name)
+        attrs[key] = value
+    return args[:known.arity], attrs
 
 
 def apply(op: str, *args, name: str | None = None, **attrs) -> Tensor:
@@ -516,3 +544,37 @@ def _edge_operands(G: nx.DiGraph, v) -> list:
     if sorted(slots) != list(range(len(slots))):
         raise GraphError(f"operand positions {sorted(slots)} are not 0..{len(slots) - 1}", node=v)
     return [slots[i] for i in range(len(slots))]
+
+
+# ---- sequence models (DESIGN section 15) -------------------------------------------------------------------
+
+def erf(x, name=None) -> Tensor:
+    return apply("erf", x, name=name)
+
+
+def sqrt(x, name=None) -> Tensor:
+    return apply("sqrt", x, name=name)
+
+
+def gelu(x, approximate="none", name=None) -> Tensor:
+    """= torch.nn.functional.gelu: ``approximate`` "none" (erf, to float64 rounding) or "tanh"."""
+    return apply("gelu", x, name=name, approximate=approximate)
+
+
+def silu(x, name=None) -> Tensor:
+    return apply("silu", x, name=name)
+
+
+def softplus(x, name=None) -> Tensor:
+    """= torch.nn.functional.softplus with beta=1, threshold=20: x itself above 20."""
+    return apply("softplus", x, name=name)
+
+
+def pow(x, exponent, name=None) -> Tensor:  # noqa: A001 (graphc.pow, like np.pow)
+    """``x ** exponent`` for a constant (number) exponent."""
+    return apply("pow", x, exponent, name=name)
+
+
+def clip(x, min=None, max=None, name=None) -> Tensor:  # noqa: A002 (torch.clamp's names)
+    """= torch.clamp: either bound may be None; the gradient passes where min <= x <= max."""
+    return apply("clip", x, name=name, min=min, max=max)

@@ -40,6 +40,9 @@ class Op:
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
     loss: bool = False  # a loss: a sum or a mean over its rows (reduction=), which training.loss_reduction reads
     onnx: str = ""  # the ONNX op type it is, one node of the same operands and no attributes (graphc/onnx reads it)
+    attr_operands: tuple = ()  # attrs that may also come as trailing number operands: pow(x, 2.0), clip(x, 0, 6)
+    helpers: tuple = ()  # functions of the generated module its macros call (ops.j2's helper_<name>)
+    numpy_only: bool = False  # no CuPy form yet: compiling it for the cupy backend is an error naming it
 
     @property
     def macro(self) -> str:
@@ -400,3 +403,76 @@ internal("accumulate", None, same_shape, inplace=True)  # fan-out: the sum of ev
 internal("copy", 1, same_shape)  # a gradient that would alias a param or input gets its own array
 internal("size", 0, scalar_shape, attrs={"dims": tuple}, inline=True)  # the product of dims: ``(N * 10)``
 internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple})  # a constant gradient, as an array
+
+
+# ---- sequence models (DESIGN section 15): elementwise and normalisation ops ---------------------------------
+# The erf family's workspace forms call the module's _erf (templates/ops.j2, helper_erf) on these temporaries:
+# three arrays shaped like the operand and one boolean mask.
+def erf_scratch(shapes, attrs):
+    return [(shapes[-1], None)] * 3 + [(shapes[-1], "bool_")]
+
+
+def gelu_scratch(shapes, attrs):  # erf's and x / sqrt(2); for the tanh form, three arrays
+    if attrs["approximate"] == "tanh":
+        return [(shapes[-1], None)] * 3
+    return erf_scratch(shapes, attrs) + [(shapes[-1], None)]
+
+
+def clip_check(attrs) -> None:
+    if attrs["min"] is None and attrs["max"] is None:
+        raise ShapeError("clip needs a min or a max (both are None)")
+
+
+def clip_shape(shapes, attrs):
+    clip_check(attrs)
+    return shapes[0]
+
+
+def erf_vjp(b, v, xs, g):  # 2 / sqrt(pi) * exp(-x**2)
+    return [b.node("erf_grad", g, b.fwd(xs[0]))]
+
+
+def sqrt_vjp(b, v, xs, g):  # g / (2 * y)
+    return [b.node("sqrt_grad", g, b.fwd(v))]
+
+
+def gelu_vjp(b, v, xs, g):
+    return [b.node("gelu_grad", g, b.fwd(xs[0]), approximate=b.attrs(v)["approximate"])]
+
+
+def silu_vjp(b, v, xs, g):  # g * s * (1 + x * (1 - s)), s = sigmoid(x)
+    return [b.node("silu_grad", g, b.fwd(xs[0]))]
+
+
+def softplus_vjp(b, v, xs, g):  # g * sigmoid(x), or g where x > 20
+    return [b.node("softplus_grad", g, b.fwd(xs[0]))]
+
+
+def pow_vjp(b, v, xs, g):  # g * p * x ** (p - 1)
+    return [b.node("pow_grad", g, b.fwd(xs[0]), exponent=b.attrs(v)["exponent"])]
+
+
+def clip_vjp(b, v, xs, g):  # g where min <= x <= max, else 0 (torch.clamp's)
+    attrs = b.attrs(v)
+    return [b.node("clip_grad", g, b.fwd(xs[0]), min=attrs["min"], max=attrs["max"])]
+
+
+BOUND = Check(lambda v: v is None or NUMBER.test(v), "a finite number or None", lambda v: v if v is None else float(v))
+op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), numpy_only=True, onnx="Erf")
+op("sqrt", 1, same_shape, sqrt_vjp, inplace=True, onnx="Sqrt")
+op("gelu", 1, same_shape, gelu_vjp, attrs={"approximate": ("none", "tanh")}, defaults={"approximate": "none"},
+   scratches=gelu_scratch, helpers=("erf",), numpy_only=True)
+op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)
+op("softplus", 1, same_shape, softplus_vjp, scratches=lambda shapes, attrs: [(shapes[0], "bool_")])
+op("pow", 1, same_shape, pow_vjp, attrs={"exponent": NUMBER}, attr_operands=("exponent",), inplace=True)
+op("clip", 1, clip_shape, clip_vjp, attrs={"min": BOUND, "max": BOUND}, defaults={"min": None, "max": None},
+   attr_operands=("min", "max"), inplace=True)
+internal("erf_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)
+internal("sqrt_grad", 2, same_shape, inplace=True)
+internal("gelu_grad", 2, same_shape, attrs={"approximate": str}, scratches=gelu_scratch, helpers=("erf",),
+         numpy_only=True)
+internal("silu_grad", 2, same_shape, scratch=True)
+internal("softplus_grad", 2, same_shape, inplace=(0,), scratches=lambda shapes, attrs: [(shapes[1], None),
+                                                                                      (shapes[1], "bool_")])
+internal("pow_grad", 2, same_shape, attrs={"exponent": float}, inplace=(1,))
+internal("clip_grad", 2, same_shape, attrs={"min": object, "max": object}, inplace=(0,), scratch=True)

@@ -16,6 +16,7 @@ from .errors import GraphcError, GraphError, SpecError
 from .files import read_npz, read_regular
 from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
+from .ops import OPS
 from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
 from .training import DEFAULT_ITERATIONS
 
@@ -24,7 +25,7 @@ HYPERPARAMS = {k for o in OPTIMIZERS.values() for k in o.hyperparams}  # lr amon
 TRAIN_KEYS = {"loss", "outputs", "optimizer", "iterations", "epochs", "batch_size", "dtype"} | HYPERPARAMS
 PARAM_KEYS = {"shape", "init", "scale"}
 INPUT_KEYS = {"shape", "dtype"}
-OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
+OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul", ast.Pow: "pow"}
 
 
 @dataclass
@@ -296,7 +297,7 @@ class Expression:
     def children(self, node) -> list:
         if isinstance(node, ast.BinOp):
             if type(node.op) not in OPERATORS:
-                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / @)")
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / @ **)")
             return [node.left, node.right]
         if isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, (ast.USub, ast.UAdd)):
@@ -321,6 +322,8 @@ class Expression:
 
     def value(self, node, args, name):
         if isinstance(node, ast.Constant):
+            if node.value is None:  # an absent bound: clip(x, None, 6.0)
+                return None
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self.fail(f"{node.value!r} is not allowed here: only numbers are constants")
             value = as_float(node.value)
@@ -375,6 +378,7 @@ class Expression:
     def apply(self, op: str, args: list, attrs: dict, name) -> Tensor:
         if args and all(not isinstance(a, Tensor) for a in args):
             self.fail(f"{op} of constants only: write the number")
-        operands = [a if isinstance(a, Tensor) else self.g.const(a, name=self.namer(f"{self.target}_const"))
-                    for a in args]
+        arity = OPS[op].arity if OPS[op].attr_operands else None
+        operands = [a if isinstance(a, Tensor) or arity is not None and i >= arity  # attrs: pow(x, 2.0)
+                    else self.g.const(a, name=self.namer(f"{self.target}_const")) for i, a in enumerate(args)]
         return self.g.apply(op, *operands, name=name or self.namer(f"{self.target}_{op}"), **attrs)
