@@ -466,7 +466,7 @@ op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)
 op("softplus", 1, same_shape, softplus_vjp, scratches=lambda shapes, attrs: [(shapes[0], "bool_")])
 op("pow", 1, same_shape, pow_vjp, attrs={"exponent": NUMBER}, attr_operands=("exponent",), inplace=True)
 op("clip", 1, clip_shape, clip_vjp, attrs={"min": BOUND, "max": BOUND}, defaults={"min": None, "max": None},
-   attr_operands=("min", "max"), inplace=True)
+   attr_operands=("min", "max"), inplace=True, template="clamp")  # ops.j2's `clip` is np.take's mode
 internal("erf_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)
 internal("sqrt_grad", 2, same_shape, inplace=True)
 internal("gelu_grad", 2, same_shape, attrs={"approximate": str}, scratches=gelu_scratch, helpers=("erf",),
