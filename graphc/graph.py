@@ -578,3 +578,12 @@ def pow(x, exponent, name=None) -> Tensor:  # noqa: A001 (graphc.pow, like np.po
 def clip(x, min=None, max=None, name=None) -> Tensor:  # noqa: A002 (torch.clamp's names)
     """= torch.clamp: either bound may be None; the gradient passes where min <= x <= max."""
     return apply("clip", x, name=name, min=min, max=max)
+
+
+def max(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (= torch.amax)
+    """The largest element over ``axis``; its gradient split evenly among equal maxima, as torch.amax's."""
+    return apply("max", x, name=name, axis=axis, keepdims=keepdims)
+
+
+def min(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (= torch.amin)
+    return apply("min", x, name=name, axis=axis, keepdims=keepdims)

@@ -476,3 +476,27 @@ internal("softplus_grad", 2, same_shape, inplace=(0,), scratches=lambda shapes, 
                                                                                       (shapes[1], "bool_")])
 internal("pow_grad", 2, same_shape, attrs={"exponent": float}, inplace=(1,))
 internal("clip_grad", 2, same_shape, attrs={"min": object, "max": object}, inplace=(0,), scratch=True)
+
+
+def max_vjp(b, v, xs, g):  # the gradient split evenly among equal maxima (or minima), as torch.amax's
+    attrs, shape = b.attrs(v), b.shape(xs[0])
+    return [b.node("max_grad", g, b.fwd(xs[0]), b.fwd(v), axis=axes(attrs["axis"], shape),
+                   keepdims=attrs["keepdims"])]
+
+
+def max_grad_attrs(shapes, attrs):
+    """The axes to put back into g and y (none when kept, or when y is a scalar) and the axes to count over."""
+    g, x, y = shapes
+    axis = attrs["axis"]
+    return {"expand": () if attrs["keepdims"] or y == () else axis,
+            "count_axis": None if len(axis) == len(x) else axis}
+
+
+def kept_shape(shapes, attrs):  # the operand's shape with each reduced axis kept as size 1
+    return [(tuple(1 if i in attrs["axis"] else d for i, d in enumerate(shapes[1])), None)]
+
+
+op("max", 1, reduce_shape, max_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+op("min", 1, reduce_shape, max_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+internal("max_grad", 3, lambda shapes, attrs: shapes[1], attrs={"axis": tuple, "keepdims": bool}, inplace=(1,),
+         scratches=kept_shape, template_attrs=max_grad_attrs)  # mask * (g / count): max's and min's

@@ -24,6 +24,8 @@ TORCH = {
     "softplus": lambda x: F.softplus(x, beta=1.0, threshold=20.0),
     "pow": lambda x, exponent: torch.pow(x, exponent),
     "clip": lambda x, min=None, max=None: torch.clamp(x, min=min, max=max),
+    "max": lambda x, axis=None, keepdims=False: torch.amax(x, dim=() if axis is None else axis, keepdim=keepdims),
+    "min": lambda x, axis=None, keepdims=False: torch.amin(x, dim=() if axis is None else axis, keepdim=keepdims),
 }
 POSITIVE = {"sqrt", ("pow", 1.5), ("pow", -0.5)}  # ops whose operand is kept positive
 
@@ -49,6 +51,13 @@ CASES = [
     ("clip", [(4, 5)], {"min": 0.0}, 1.0),
     ("clip", [(4, 5)], {"max": 0.2}, 1.0),
     ("clip", [(4, 5)], {"min": 0.0, "max": 6.0}, 4.0),  # ReLU6
+    ("max", [(3, 4)], {}, 1.0),
+    ("max", [(3, 4)], {"axis": -1}, 1.0),
+    ("max", [(2, 3, 4)], {"axis": (0, 2), "keepdims": True}, 1.0),
+    ("max", [(2, 3, 4)], {"axis": 1}, 1.0),
+    ("min", [(3, 4)], {"axis": 0}, 1.0),
+    ("min", [(2, 3, 4)], {"axis": (-1, 0)}, 1.0),
+    ("min", [(5,)], {"keepdims": True}, 1.0),
 ]
 
 
@@ -161,6 +170,26 @@ def test_clip_gradient_at_the_bounds_is_torchs():
     assert_trainer_matches_value_and_grad(mod, params, (w,))
 
 
+# ---- max and min split the gradient evenly among equal extremes, as torch.amax and torch.amin ----------
+
+@pytest.mark.parametrize("op, attrs", [("max", {"axis": 1}), ("min", {"axis": 0, "keepdims": True}), ("max", {}),
+                                       ("min", {"axis": (0, 1)})])
+def test_max_min_gradient_with_ties_is_torchs(op, attrs):
+    g = gc.Graph("ties")
+    x = g.param("x", (4, 5))
+    out = g.apply(op, x, name="out", **attrs)
+    w = g.input("w", out.shape)
+    mod = gc.compile(g, loss=gc.sum(out * w, name="loss")).load()
+    params = {"x": np.clip(np.round(np.random.default_rng(0).standard_normal((4, 5))), -1, 1)}  # many ties
+    w = np.random.default_rng(1).standard_normal(out.shape)
+    xt = torch.tensor(params["x"], requires_grad=True)
+    torch.sum(TORCH[op](xt, **attrs) * torch.tensor(w)).backward()
+    _, grads = mod.value_and_grad(params, w)
+    np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-15, atol=0)
+    assert np.count_nonzero(grads["x"]) > np.size(w)  # some extremes are shared: the split is tested
+    assert_trainer_matches_value_and_grad(mod, params, (w,))
+
+
 # ---- specs: x ** 2, pow(x, 2.0), clip(x, None, 6.0) ------------------------------------------------------
 
 def test_spec_power_and_positional_attrs(tmp_path):
@@ -238,8 +267,10 @@ def test_step_allocates_no_arrays_with_every_seq_op():
     a = gc.gelu(h, name="a") + gc.gelu(h, approximate="tanh", name="at") + gc.silu(h, name="s")
     b = gc.softplus(a * 12.0, name="sp") + gc.clip(h, -0.5, 0.5, name="c") + gc.clip(h, min=0.0) + h ** 2
     c = gc.sqrt(gc.pow(h, 2.0) + 1.0, name="r") * gc.erf(h, name="e") + gc.pow(b + 1.0, 1.5)
-    loss = gc.mean(c, name="loss")
-    assert {"gelu", "silu", "softplus", "clip", "pow", "sqrt", "erf"} <= {op for _, op in g.nx.nodes(data="op")}
+    c = c + gc.max(h, axis=1, keepdims=True) - gc.min(h, axis=-1, keepdims=True) + gc.max(h, axis=0)
+    loss = gc.add(gc.mean(c), gc.min(h), name="loss")
+    assert {"gelu", "silu", "softplus", "clip", "pow", "sqrt", "erf", "max", "min"} <= {
+        op for _, op in g.nx.nodes(data="op")}
     mod = gc.compile(g, loss=loss).load()
     X = np.random.default_rng(0).standard_normal((N, D))
     trainer = mod.Trainer(mod.init_params())
