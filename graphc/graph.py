@@ -200,7 +200,7 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     if op is None or not op.public:
         raise GraphError(f"unknown op {data['op']!r} (known: {', '.join(sorted(public_ops()))})", node=v)
     args = operands(G, v)
-    if len(args) != op.arity:
+    if op.arity is not None and len(args) != op.arity:  # None: the shape rule counts them
         raise GraphError(f"{op.name} takes {op.arity} operand{'s' * (op.arity != 1)}, got {len(args)}", node=v)
     data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
     ints = [i for i, a in enumerate(args) if G.nodes[a]["dtype"] not in DTYPES]
@@ -587,3 +587,15 @@ def max(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (= tor
 
 def min(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (= torch.amin)
     return apply("min", x, name=name, axis=axis, keepdims=keepdims)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, name=None) -> Tensor:
+    """= torch.nn.functional.layer_norm over the last dimension; ``weight`` and ``bias`` may be omitted."""
+    if weight is None and bias is not None:
+        raise GraphError("layer_norm with a bias needs a weight (give ones)", node=name)
+    return apply("layer_norm", *[a for a in (x, weight, bias) if a is not None], name=name, eps=eps)
+
+
+def rms_norm(x, weight=None, eps=None, name=None) -> Tensor:
+    """= torch.nn.functional.rms_norm over the last dimension; ``eps=None`` is the dtype's machine epsilon."""
+    return apply("rms_norm", *[a for a in (x, weight) if a is not None], name=name, eps=eps)

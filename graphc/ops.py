@@ -500,3 +500,54 @@ op("max", 1, reduce_shape, max_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defa
 op("min", 1, reduce_shape, max_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
 internal("max_grad", 3, lambda shapes, attrs: shapes[1], attrs={"axis": tuple, "keepdims": bool}, inplace=(1,),
          scratches=kept_shape, template_attrs=max_grad_attrs)  # mask * (g / count): max's and min's
+
+
+# ---- normalisation over the last dimension: layer_norm(x, weight, bias), rms_norm(x, weight) ---------------
+def norm_shape(shapes, attrs, op="layer_norm", most=3):
+    x, rest = shapes[0], shapes[1:]
+    if not 1 <= len(shapes) <= most:
+        raise ShapeError(f"{op} takes x and at most {most - 1} more operands ({'weight, bias' if most == 3 else 'weight'})"
+                         f", got {len(shapes)}")
+    if len(x) == 0:
+        raise ShapeError(f"{op} needs an operand of at least one dimension, got a scalar")
+    for what, shape in zip(("weight", "bias"), rest):
+        if len(shape) != 1 or not same_dim(shape[0], x[-1]):
+            raise ShapeError(f"{op} {what} {fmt(shape)} must have shape ({x[-1]},), the last dimension of x {fmt(x)}")
+    return x
+
+
+def norm_scratch(shapes, attrs, x=0):  # two arrays shaped like x, two of its rows (the last axis kept as size 1)
+    x = shapes[x]
+    return [(x, None), (x, None), (x[:-1] + (1,), None), (x[:-1] + (1,), None)]
+
+
+def norm_grad_scratch(shapes, attrs):  # operands (g, x)
+    return norm_scratch(shapes, attrs, x=1)
+
+
+def norm_vjp(b, v, xs, g):
+    """d x from the gradient rule of the normalisation (norm_grad, recomputing the row statistics from x);
+    d weight = sum of g * x_hat over the leading axes, d bias = sum of g."""
+    op, eps = b.G.nodes[v]["op"], b.attrs(v)["eps"]
+    x, rest = xs[0], xs[1:]
+    dxhat = b.mul(g, b.fwd(rest[0])) if rest else g
+    grads = [b.node(f"{op}_grad", dxhat, b.fwd(x), eps=eps)]
+    if rest:
+        xhat = b.node(op, b.fwd(x), eps=eps, hint=f"{x}_normalized")
+        grads.append(b.unbroadcast(b.mul(g, xhat), rest[0]))
+    if len(rest) > 1:
+        grads.append(b.unbroadcast(g, rest[1]))
+    return grads
+
+
+POSITIVE = Check(lambda v: NUMBER.test(v) and v > 0, "a positive finite number", float)
+EPS = Check(lambda v: v is None or POSITIVE.test(v), "a positive finite number or None (the dtype's epsilon)",
+            lambda v: v if v is None else float(v))
+op("layer_norm", None, norm_shape, norm_vjp, attrs={"eps": POSITIVE}, defaults={"eps": 1e-5}, inplace=(0,),
+   scratches=norm_scratch)
+op("rms_norm", None, lambda shapes, attrs: norm_shape(shapes, attrs, "rms_norm", 2), norm_vjp, attrs={"eps": EPS},
+   defaults={"eps": None}, inplace=(0,), scratches=norm_scratch)
+internal("layer_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": float}, inplace=True,
+         scratches=norm_grad_scratch)  # from d x_hat and x: the row statistics computed again
+internal("rms_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": object}, inplace=True,
+         scratches=norm_grad_scratch)

@@ -24,6 +24,8 @@ TORCH = {
     "softplus": lambda x: F.softplus(x, beta=1.0, threshold=20.0),
     "pow": lambda x, exponent: torch.pow(x, exponent),
     "clip": lambda x, min=None, max=None: torch.clamp(x, min=min, max=max),
+    "layer_norm": lambda x, w=None, b=None, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps),
+    "rms_norm": lambda x, w=None, eps=None: F.rms_norm(x, x.shape[-1:], w, eps),
     "max": lambda x, axis=None, keepdims=False: torch.amax(x, dim=() if axis is None else axis, keepdim=keepdims),
     "min": lambda x, axis=None, keepdims=False: torch.amin(x, dim=() if axis is None else axis, keepdim=keepdims),
 }
@@ -51,6 +53,13 @@ CASES = [
     ("clip", [(4, 5)], {"min": 0.0}, 1.0),
     ("clip", [(4, 5)], {"max": 0.2}, 1.0),
     ("clip", [(4, 5)], {"min": 0.0, "max": 6.0}, 4.0),  # ReLU6
+    ("layer_norm", [(3, 4), (4,), (4,)], {}, 1.0),
+    ("layer_norm", [(2, 3, 5)], {}, 3.0),
+    ("layer_norm", [(3, 4), (4,)], {"eps": 1e-3}, 1.0),
+    ("layer_norm", [(1, 6), (6,), (6,)], {"eps": 0.5}, 1.0),
+    ("rms_norm", [(3, 4), (4,)], {}, 1.0),
+    ("rms_norm", [(2, 3, 5)], {}, 2.0),
+    ("rms_norm", [(3, 4), (4,)], {"eps": 1e-2}, 1.0),
     ("max", [(3, 4)], {}, 1.0),
     ("max", [(3, 4)], {"axis": -1}, 1.0),
     ("max", [(2, 3, 4)], {"axis": (0, 2), "keepdims": True}, 1.0),
@@ -227,6 +236,9 @@ loss = "loss"
     ("pow(X, W)", "pow's exponent must be a number, not the tensor 'W'"),
     ("clip(X)", "clip needs a min or a max (both are None)"),
     ("clip(X, 0.0, 1.0, 2.0)", "clip takes 1 operand and min, max, got 4 arguments"),
+    ("layer_norm(X, W)", "layer_norm weight (4, 3) must have shape (3,), the last dimension of x (4, 3)"),
+    ("rms_norm(X, W)", "rms_norm weight (4, 3) must have shape (3,), the last dimension of x (4, 3)"),
+    ("layer_norm(X, eps=0.0)", "layer_norm attribute eps=0.0 must be a positive finite number"),
     ("gelu(X, approximate='erf')", "gelu attribute approximate='erf' is not one of 'none', 'tanh'"),
 ])
 def test_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
@@ -265,11 +277,12 @@ def test_step_allocates_no_arrays_with_every_seq_op():
     W = g.param("W", (D, D), scale=0.5)
     h = X @ W
     a = gc.gelu(h, name="a") + gc.gelu(h, approximate="tanh", name="at") + gc.silu(h, name="s")
+    a = gc.layer_norm(a, g.param("w", (D,)), g.param("b", (D,)), name="ln") + gc.rms_norm(a, g.param("rw", (D,)))
     b = gc.softplus(a * 12.0, name="sp") + gc.clip(h, -0.5, 0.5, name="c") + gc.clip(h, min=0.0) + h ** 2
     c = gc.sqrt(gc.pow(h, 2.0) + 1.0, name="r") * gc.erf(h, name="e") + gc.pow(b + 1.0, 1.5)
     c = c + gc.max(h, axis=1, keepdims=True) - gc.min(h, axis=-1, keepdims=True) + gc.max(h, axis=0)
     loss = gc.add(gc.mean(c), gc.min(h), name="loss")
-    assert {"gelu", "silu", "softplus", "clip", "pow", "sqrt", "erf", "max", "min"} <= {
+    assert {"gelu", "silu", "softplus", "clip", "pow", "sqrt", "erf", "max", "min", "layer_norm", "rms_norm"} <= {
         op for _, op in g.nx.nodes(data="op")}
     mod = gc.compile(g, loss=loss).load()
     X = np.random.default_rng(0).standard_normal((N, D))
