@@ -3,8 +3,8 @@
 from ._version import __version__
 from .errors import GraphcError, GraphError, ShapeError, SpecError
 from .graph import (
-    Graph, Tensor, add, binary_cross_entropy_with_logits, clip, cross_entropy, div, erf, exp, from_networkx, gelu,
-    layer_norm, leaky_relu, log, log_softmax, matmul, max, mean, min, mse, mul, neg, pow, relu, rms_norm, sigmoid, silu, softmax, softplus, sqrt, sub,
+    Graph, Tensor, add, binary_cross_entropy_with_logits, clip, concat, cross_entropy, div, erf, exp, from_networkx, gelu,
+    layer_norm, leaky_relu, log, log_softmax, matmul, max, mean, min, mse, mul, neg, pow, relu, rms_norm, sigmoid, silu, slice, softmax, softplus, sqrt, sub,
     sum, tanh, transpose,
 )
 from .compiler import CompiledModule, compile
@@ -26,5 +26,6 @@ __all__ = [
     "add", "binary_cross_entropy_with_logits", "compile", "cross_entropy", "div", "exp", "from_networkx",
     "from_onnx", "leaky_relu", "load_spec", "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "relu",
     "sigmoid", "softmax", "sub", "sum", "tanh", "transpose",
-    "clip", "erf", "gelu", "layer_norm", "max", "min", "pow", "rms_norm", "silu", "softplus", "sqrt",
+    "clip", "concat", "erf", "gelu", "layer_norm", "max", "min", "pow", "rms_norm", "silu", "slice", "softplus",
+    "sqrt",
 ]

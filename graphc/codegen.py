@@ -112,12 +112,14 @@ class Renderer:
         """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
         graph = self.graphs[s.graph]
         data = graph.nodes[s.node]
-        into = getattr(self.ops, OPS[data["op"]].macro + "_into", None)
+        op = OPS[data["op"]]
+        into = getattr(self.ops, op.macro + "_into", None)
         if computed_with is not None:  # the comment says what: the NumPy expression, or the equation if long
             expr = self.expr(s.graph, s.node)
             expr = expr if len(expr) <= 40 else describe(graph, s.node).split(" = ", 1)[1]
             code = str(self.ops.computed(s.node, out, expr, computed_with))
-        elif into is not None and (out is not None or scratch is not None):
+        elif into is not None and (out is not None or scratch is not None or not hasattr(self.ops, op.macro)):
+            # (an op whose pure form is statements, too, has only the workspace form: called with out None)
             args, attrs = self.macro_args(s.graph, s.node, into=True)
             code = str(into(s.node, out, scratch, *args, **attrs))
         else:

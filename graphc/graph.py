@@ -599,3 +599,13 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, name=None) -> Tensor:
 def rms_norm(x, weight=None, eps=None, name=None) -> Tensor:
     """= torch.nn.functional.rms_norm over the last dimension; ``eps=None`` is the dtype's machine epsilon."""
     return apply("rms_norm", *[a for a in (x, weight) if a is not None], name=name, eps=eps)
+
+
+def concat(*tensors, axis=-1, name=None) -> Tensor:
+    """= np.concatenate / torch.cat along ``axis``: the other dimensions must be equal."""
+    return apply("concat", *tensors, name=name, axis=axis)
+
+
+def slice(x, axis=-1, start=0, stop=None, step=1, name=None) -> Tensor:  # noqa: A001
+    """``x[..., start:stop:step]`` along ``axis``: a view."""
+    return apply("slice", x, name=name, axis=axis, start=start, stop=stop, step=step)

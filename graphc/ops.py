@@ -551,3 +551,69 @@ internal("layer_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": fl
          scratches=norm_grad_scratch)  # from d x_hat and x: the row statistics computed again
 internal("rms_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": object}, inplace=True,
          scratches=norm_grad_scratch)
+
+
+# ---- concat and slice along one axis (slice: a view, like transpose) ----------------------------------------
+def concat_shape(shapes, attrs):
+    if not shapes:
+        raise ShapeError("concat needs at least one operand")
+    first = shapes[0]
+    if not first:
+        raise ShapeError("concat needs operands of at least one dimension, got a scalar")
+    (axis,) = axes(attrs["axis"], first)
+    for shape in shapes:
+        if len(shape) != len(first) or not all(same_dim(a, b) for i, (a, b) in enumerate(zip(shape, first))
+                                              if i != axis):
+            raise ShapeError(f"concat along axis {attrs['axis']}: shapes {' and '.join(fmt(s) for s in shapes)} "
+                             "differ in another dimension")
+        if isinstance(shape[axis], str):
+            raise ShapeError(f"concat along axis {attrs['axis']}: it is the named dimension {shape[axis]!r}")
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+
+
+def concat_vjp(b, v, xs, g):  # each operand's part of g: a view
+    axis, start, grads = axes(b.attrs(v)["axis"], b.shape(v))[0], 0, []
+    for x in xs:
+        size = b.shape(x)[axis]
+        grads.append(b.node("slice", g, axis=axis, start=start, stop=start + size, step=1, hint=f"d{v}_{x}"))
+        start += size
+    return grads
+
+
+def slice_shape(shapes, attrs):
+    (shape,) = shapes
+    if not shape:
+        raise ShapeError("slice needs an operand of at least one dimension, got a scalar")
+    (axis,) = axes(attrs["axis"], shape)
+    if attrs["step"] == 0:
+        raise ShapeError("slice step must not be 0")
+    if isinstance(shape[axis], str):
+        raise ShapeError(f"slice along axis {attrs['axis']}: it is the named dimension {shape[axis]!r}")
+    size = len(range(*slice(attrs["start"], attrs["stop"], attrs["step"]).indices(shape[axis])))
+    if size == 0:
+        raise ShapeError(f"slice {attrs['start']}:{attrs['stop']}:{attrs['step']} of axis {attrs['axis']} "
+                         f"(size {shape[axis]}) is empty")
+    return shape[:axis] + (size,) + shape[axis + 1:]
+
+
+def slice_index(shapes, attrs):
+    """The subscript: ``[:, 1:5]``, ``[::2]``."""
+    axis = axes(attrs["axis"], shapes[0])[0]
+    start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
+    part = f"{start or ''}:{'' if stop is None else stop}" + ("" if step == 1 else f":{step}")
+    return {"index": ", ".join([":"] * axis + [part])}
+
+
+def slice_vjp(b, v, xs, g):  # g in place of the slice, zeros elsewhere
+    attrs = b.attrs(v)
+    return [b.node("slice_grad", g, shape=tuple(b.shape(xs[0])), axis=axes(attrs["axis"], b.shape(xs[0]))[0],
+                   start=attrs["start"], stop=attrs["stop"], step=attrs["step"])]
+
+
+INT = Check(is_int, "an int", int)
+STOP = Check(lambda v: v is None or is_int(v), "an int or None", lambda v: v if v is None else int(v))
+op("concat", None, concat_shape, concat_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1})
+op("slice", 1, slice_shape, slice_vjp, attrs={"axis": ONE_AXIS, "start": INT, "stop": STOP, "step": INT},
+   defaults={"axis": -1, "start": 0, "stop": None, "step": 1}, inline=True, template_attrs=slice_index)
+internal("slice_grad", 1, attr_shape, attrs={"shape": tuple, "axis": int, "start": int, "stop": object, "step": int},
+         template_attrs=lambda shapes, attrs: slice_index([attrs["shape"]], attrs))

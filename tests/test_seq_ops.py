@@ -26,6 +26,9 @@ TORCH = {
     "clip": lambda x, min=None, max=None: torch.clamp(x, min=min, max=max),
     "layer_norm": lambda x, w=None, b=None, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps),
     "rms_norm": lambda x, w=None, eps=None: F.rms_norm(x, x.shape[-1:], w, eps),
+    "concat": lambda *xs, axis=-1: torch.cat(xs, dim=axis),
+    "slice": lambda x, axis=-1, start=0, stop=None, step=1: x[(slice(None),) * (axis % x.dim()) + (
+        slice(start, stop, step),)],
     "max": lambda x, axis=None, keepdims=False: torch.amax(x, dim=() if axis is None else axis, keepdim=keepdims),
     "min": lambda x, axis=None, keepdims=False: torch.amin(x, dim=() if axis is None else axis, keepdim=keepdims),
 }
@@ -60,6 +63,14 @@ CASES = [
     ("rms_norm", [(3, 4), (4,)], {}, 1.0),
     ("rms_norm", [(2, 3, 5)], {}, 2.0),
     ("rms_norm", [(3, 4), (4,)], {"eps": 1e-2}, 1.0),
+    ("concat", [(3, 4), (3, 2)], {}, 1.0),
+    ("concat", [(3, 4), (2, 4), (1, 4)], {"axis": 0}, 1.0),
+    ("concat", [(2, 3, 4), (2, 1, 4)], {"axis": -2}, 1.0),
+    ("concat", [(5,)], {}, 1.0),
+    ("slice", [(3, 8)], {"start": 2, "stop": 6}, 1.0),
+    ("slice", [(3, 8)], {"axis": 0, "start": 1}, 1.0),
+    ("slice", [(2, 7, 3)], {"axis": 1, "start": 1, "step": 3}, 1.0),
+    ("slice", [(9,)], {"start": -4, "stop": 100, "step": 2}, 1.0),
     ("max", [(3, 4)], {}, 1.0),
     ("max", [(3, 4)], {"axis": -1}, 1.0),
     ("max", [(2, 3, 4)], {"axis": (0, 2), "keepdims": True}, 1.0),
@@ -239,6 +250,9 @@ loss = "loss"
     ("layer_norm(X, W)", "layer_norm weight (4, 3) must have shape (3,), the last dimension of x (4, 3)"),
     ("rms_norm(X, W)", "rms_norm weight (4, 3) must have shape (3,), the last dimension of x (4, 3)"),
     ("layer_norm(X, eps=0.0)", "layer_norm attribute eps=0.0 must be a positive finite number"),
+    ("concat(X, transpose(W), axis=0)", "shapes (4, 3) and (3, 4) differ in another dimension"),
+    ("slice(X, step=0)", "slice step must not be 0"),
+    ("slice(X, start=5)", "is empty"),
     ("gelu(X, approximate='erf')", "gelu attribute approximate='erf' is not one of 'none', 'tanh'"),
 ])
 def test_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
@@ -280,9 +294,11 @@ def test_step_allocates_no_arrays_with_every_seq_op():
     a = gc.layer_norm(a, g.param("w", (D,)), g.param("b", (D,)), name="ln") + gc.rms_norm(a, g.param("rw", (D,)))
     b = gc.softplus(a * 12.0, name="sp") + gc.clip(h, -0.5, 0.5, name="c") + gc.clip(h, min=0.0) + h ** 2
     c = gc.sqrt(gc.pow(h, 2.0) + 1.0, name="r") * gc.erf(h, name="e") + gc.pow(b + 1.0, 1.5)
+    h = gc.concat(gc.slice(h, start=1), gc.slice(h, stop=1), axis=1, name="rolled")
     c = c + gc.max(h, axis=1, keepdims=True) - gc.min(h, axis=-1, keepdims=True) + gc.max(h, axis=0)
     loss = gc.add(gc.mean(c), gc.min(h), name="loss")
-    assert {"gelu", "silu", "softplus", "clip", "pow", "sqrt", "erf", "max", "min", "layer_norm", "rms_norm"} <= {
+    assert {"gelu", "silu", "softplus", "clip", "pow", "sqrt", "erf", "max", "min", "layer_norm", "rms_norm", "concat",
+            "slice"} <= {
         op for _, op in g.nx.nodes(data="op")}
     mod = gc.compile(g, loss=loss).load()
     X = np.random.default_rng(0).standard_normal((N, D))
