@@ -291,6 +291,7 @@ class Expression:
             values[id(node)] = self.value(node, args, name=self.target if node is root else None)
         result = values[id(root)]
         if not isinstance(result, Tensor):
+            self.number(result)
             result = self.g.const(result, name=self.target)
         return result
 
@@ -322,7 +323,7 @@ class Expression:
 
     def value(self, node, args, name):
         if isinstance(node, ast.Constant):
-            if node.value is None:  # an absent bound: clip(x, None, 6.0)
+            if node.value is None:  # an absent bound, clip(x, None, 6.0); anywhere else an error (self.number)
                 return None
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self.fail(f"{node.value!r} is not allowed here: only numbers are constants")
@@ -335,6 +336,7 @@ class Expression:
             return self.lookup(node.id)
         if isinstance(node, ast.UnaryOp):
             (x,) = args
+            self.number(x)
             if isinstance(node.op, ast.UAdd):
                 return x
             if not isinstance(x, Tensor):
@@ -366,6 +368,11 @@ class Expression:
             self.fail(f"attribute {kw.arg}= must be a literal: a number, a string, True, False, None "
                       "or a tuple of ints")
 
+    def number(self, value):
+        if value is None:
+            self.fail("None is not allowed here: only numbers are constants")
+        return value
+
     def lookup(self, ref: str) -> Tensor:
         if ref in self.g:
             return self.g[ref]
@@ -380,5 +387,6 @@ class Expression:
             self.fail(f"{op} of constants only: write the number")
         arity = OPS[op].arity if OPS[op].attr_operands else None
         operands = [a if isinstance(a, Tensor) or arity is not None and i >= arity  # attrs: pow(x, 2.0)
-                    else self.g.const(a, name=self.namer(f"{self.target}_const")) for i, a in enumerate(args)]
+                    else self.g.const(self.number(a), name=self.namer(f"{self.target}_const"))
+                    for i, a in enumerate(args)]
         return self.g.apply(op, *operands, name=name or self.namer(f"{self.target}_{op}"), **attrs)
