@@ -458,8 +458,8 @@ def clip_vjp(b, v, xs, g):  # g where min <= x <= max, else 0 (torch.clamp's)
 
 
 BOUND = Check(lambda v: v is None or NUMBER.test(v), "a finite number or None", lambda v: v if v is None else float(v))
-op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), numpy_only=True, onnx="Erf")
-op("sqrt", 1, same_shape, sqrt_vjp, inplace=True, onnx="Sqrt")
+op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), numpy_only=True)
+op("sqrt", 1, same_shape, sqrt_vjp, inplace=True)
 op("gelu", 1, same_shape, gelu_vjp, attrs={"approximate": ("none", "tanh")}, defaults={"approximate": "none"},
    scratches=gelu_scratch, helpers=("erf",), numpy_only=True)
 op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)
@@ -530,11 +530,11 @@ def norm_vjp(b, v, xs, g):
     d weight = sum of g * x_hat over the leading axes, d bias = sum of g."""
     op, eps = b.G.nodes[v]["op"], b.attrs(v)["eps"]
     x, rest = xs[0], xs[1:]
-    dxhat = b.mul(g, b.fwd(rest[0])) if rest else g
+    dxhat = b.mul(g, b.fwd(rest[0]), hint=f"d{v}_scaled") if rest else g
     grads = [b.node(f"{op}_grad", dxhat, b.fwd(x), eps=eps)]
     if rest:
         xhat = b.node(op, b.fwd(x), eps=eps, hint=f"{x}_normalized")
-        grads.append(b.unbroadcast(b.mul(g, xhat), rest[0]))
+        grads.append(b.unbroadcast(b.mul(g, xhat, hint=f"d{rest[0]}_terms"), rest[0]))
     if len(rest) > 1:
         grads.append(b.unbroadcast(g, rest[1]))
     return grads
