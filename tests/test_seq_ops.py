@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import graphc as gc
 from gradcheck import check_gradients, random_params
 from memcheck import peak_bytes
 from test_memory import assert_trainer_matches_value_and_grad
 
-torch = pytest.importorskip("torch")  # the 'test' extra installs it
-F = torch.nn.functional
+F = torch.nn.functional  # torch: the 'test' extra
 
 # op -> the same function in torch, given torch tensors and the op's attrs
 TORCH = {
