@@ -3,8 +3,9 @@
 from ._version import __version__
 from .errors import GraphcError, GraphError, ShapeError, SpecError
 from .graph import (
-    Graph, Tensor, add, binary_cross_entropy_with_logits, cross_entropy, div, exp, from_networkx, leaky_relu, log,
-    log_softmax, matmul, mean, mse, mul, neg, relu, sigmoid, softmax, sub, sum, tanh, transpose,
+    Graph, Tensor, add, binary_cross_entropy_with_logits, clip, concat, cross_entropy, div, erf, exp, from_networkx, gelu,
+    layer_norm, leaky_relu, log, log_softmax, matmul, max, mean, min, mse, mul, neg, pow, relu, rms_norm, sigmoid, silu, slice, softmax, softplus, sqrt, sub,
+    sum, tanh, transpose,
 )
 from .compiler import CompiledModule, compile
 from .spec import load_spec
@@ -25,4 +26,6 @@ __all__ = [
     "add", "binary_cross_entropy_with_logits", "compile", "cross_entropy", "div", "exp", "from_networkx",
     "from_onnx", "leaky_relu", "load_spec", "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "relu",
     "sigmoid", "softmax", "sub", "sum", "tanh", "transpose",
+    "clip", "concat", "erf", "gelu", "layer_norm", "max", "min", "pow", "rms_norm", "silu", "slice", "softplus",
+    "sqrt",
 ]

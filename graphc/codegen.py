@@ -94,12 +94,14 @@ class Renderer:
         """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
         graph = self.graphs[s.graph]
         data = graph.nodes[s.node]
-        into = getattr(self.ops, OPS[data["op"]].macro + "_into", None)
+        op = OPS[data["op"]]
+        into = getattr(self.ops, op.macro + "_into", None)
         if computed_with is not None:  # the comment says what: the NumPy expression, or the equation if long
             expr = self.expr(s.graph, s.node)
             expr = expr if len(expr) <= 40 else describe(graph, s.node).split(" = ", 1)[1]
             code = str(self.ops.computed(s.node, out, expr, computed_with))
-        elif into is not None and (out is not None or scratch is not None):
+        elif into is not None and (out is not None or scratch is not None or not hasattr(self.ops, op.macro)):
+            # (an op whose pure form is statements, too, has only the workspace form: called with out None)
             args, attrs = self.macro_args(s.graph, s.node, into=True)
             code = str(into(s.node, out, scratch, *args, **attrs))
         else:
@@ -146,7 +148,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
-        dims=dims, train=None, backend=backend, array_module=array_module,
+        dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
     )
     if train is not None:
         ws = sched.workspace
@@ -176,6 +178,13 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
+
+
+def helpers(r: "Renderer", G, A) -> list[str]:
+    """The module's functions that the ops' macros call (Op.helpers), each once, in name order."""
+    names = {h for graph in (G, A) if graph is not None for _, op in graph.nodes(data="op") if op in OPS
+             for h in OPS[op].helpers}
+    return [str(getattr(r.ops, f"helper_{h}")()) for h in sorted(names)]
 
 
 def buffer(index):

@@ -16,6 +16,7 @@ from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .files import check_spec_suffix, holds, load_module, npz_bytes, same_file, write_atomic, write_together
 from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx
+from .ops import OPS
 from .passes import optimize
 from .schedule import Schedule, schedule
 from .training import DEFAULT_ITERATIONS, Training, training
@@ -115,6 +116,7 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
     elif hyperparams or lr is not None:
         raise GraphError("optimizer settings without a loss: give the loss to train, or leave them out")
     A = optimize(adjoint(G, loss, reserved=G.graph["dims"])) if loss is not None else None
+    check_backend(G, A, backend)
     sched = schedule(G, A, loss, outputs)
     name = G.graph["name"]
     text = format_source(render(
@@ -127,6 +129,17 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
         backend=backend,
     ))
     return CompiledModule(name, text, G, A, sched, init_values, train)
+
+
+def check_backend(G: nx.DiGraph, A: nx.DiGraph | None, backend: str) -> None:
+    """Every op of the forward and the adjoint graph has templates for ``backend`` (Op.backends); one that has
+    none is one line naming it and its forward node."""
+    for graph in (G, A):
+        for v, op in (graph.nodes(data="op") if graph is not None else ()):
+            if op in OPS and backend not in OPS[op].backends:
+                node = graph.nodes[v].get("via", v)  # a gradient's: the forward node whose rule built it
+                raise GraphError(f"{G.nodes[node]['op']} has no {backend} template yet: compile this graph for the "
+                                 "numpy backend", node=node)
 
 
 def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:

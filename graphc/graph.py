@@ -197,7 +197,7 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     if op is None or not op.public:
         raise GraphError(f"unknown op {data['op']!r} (known: {', '.join(sorted(public_ops()))})", node=v)
     args = operands(G, v)
-    if len(args) != op.arity:
+    if op.arity is not None and len(args) != op.arity:  # None: the shape rule counts them
         raise GraphError(f"{op.name} takes {op.arity} operand{'s' * (op.arity != 1)}, got {len(args)}", node=v)
     data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
     ints = [i for i, a in enumerate(args) if G.nodes[a]["dtype"] not in DTYPES]
@@ -266,6 +266,12 @@ class Tensor:
 
     def __neg__(self):
         return apply("neg", self)
+
+    def __pow__(self, other):
+        return apply("pow", self, other)
+
+    def __rpow__(self, other):
+        return apply("pow", other, self)
 
     def __matmul__(self, other):
         return apply("matmul", self, other)
@@ -347,6 +353,7 @@ class Graph:
     def apply(self, op: str, *args, name: str | None = None, **attrs) -> Tensor:
         """Add ``name = op(*args, **attrs)``; numbers become constants, strings name existing nodes."""
         before = self.nx.number_of_nodes()
+        args, attrs = attr_operands(op, args, attrs, name)
         try:
             handles = [self._operand(a) for a in args]
             name = self._new_name(name, op)
@@ -373,6 +380,27 @@ class Graph:
     @property
     def params(self) -> list[str]:
         return [n for n, op in self.nx.nodes(data="op") if op == "param"]
+
+
+def attr_operands(op: str, args: tuple, attrs: dict, name) -> tuple[tuple, dict]:
+    """Trailing operands that are attrs of the op (Op.attr_operands: ``pow(x, 2.0)``, ``clip(x, 0.0, 6.0)``):
+    numbers (or None), never tensors."""
+    known = OPS.get(op)
+    if known is None or not known.attr_operands or len(args) <= known.arity:
+        return args, attrs
+    extra = args[known.arity:]
+    if len(extra) > len(known.attr_operands):
+        raise GraphError(f"{op} takes {known.arity} operand{'s' * (known.arity != 1)} and "
+                         f"{', '.join(known.attr_operands)}, got {len(args)} arguments", node=name)
+    attrs = dict(attrs)
+    for key, value in zip(known.attr_operands, extra):
+        if isinstance(value, (Tensor, str)):
+            what = value.name if isinstance(value, Tensor) else value
+            raise GraphError(f"{op}'s {key} must be a number, not the tensor {what!r}", node=name)
+        if key in attrs:
+            raise GraphError(f"{op}'s {key} is given twice", node=name)
+        attrs[key] = value
+    return args[:known.arity], attrs
 
 
 def apply(op: str, *args, name: str | None = None, **attrs) -> Tensor:
@@ -513,3 +541,68 @@ def _edge_operands(G: nx.DiGraph, v) -> list:
     if sorted(slots) != list(range(len(slots))):
         raise GraphError(f"operand positions {sorted(slots)} are not 0..{len(slots) - 1}", node=v)
     return [slots[i] for i in range(len(slots))]
+
+
+# ---- sequence models (DESIGN section 15) -------------------------------------------------------------------
+
+def erf(x, name=None) -> Tensor:
+    return apply("erf", x, name=name)
+
+
+def sqrt(x, name=None) -> Tensor:
+    return apply("sqrt", x, name=name)
+
+
+def gelu(x, approximate="none", name=None) -> Tensor:
+    """= torch.nn.functional.gelu: ``approximate`` "none" (erf, to float64 rounding) or "tanh"."""
+    return apply("gelu", x, name=name, approximate=approximate)
+
+
+def silu(x, name=None) -> Tensor:
+    return apply("silu", x, name=name)
+
+
+def softplus(x, name=None) -> Tensor:
+    """= torch.nn.functional.softplus with beta=1, threshold=20: x itself above 20."""
+    return apply("softplus", x, name=name)
+
+
+def pow(x, exponent, name=None) -> Tensor:  # noqa: A001 (graphc.pow, like np.pow)
+    """``x ** exponent`` for a constant (number) exponent."""
+    return apply("pow", x, exponent, name=name)
+
+
+def clip(x, min=None, max=None, name=None) -> Tensor:  # noqa: A002 (torch.clamp's names)
+    """= torch.clamp: either bound may be None; the gradient passes where min <= x <= max."""
+    return apply("clip", x, name=name, min=min, max=max)
+
+
+def max(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (= torch.amax)
+    """The largest element over ``axis``; its gradient split evenly among equal maxima, as torch.amax's."""
+    return apply("max", x, name=name, axis=axis, keepdims=keepdims)
+
+
+def min(x, axis=None, keepdims=False, name=None) -> Tensor:  # noqa: A001 (= torch.amin)
+    return apply("min", x, name=name, axis=axis, keepdims=keepdims)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, name=None) -> Tensor:
+    """= torch.nn.functional.layer_norm over the last dimension; ``weight`` and ``bias`` may be omitted."""
+    if weight is None and bias is not None:
+        raise GraphError("layer_norm with a bias needs a weight (give ones)", node=name)
+    return apply("layer_norm", *[a for a in (x, weight, bias) if a is not None], name=name, eps=eps)
+
+
+def rms_norm(x, weight=None, eps=None, name=None) -> Tensor:
+    """= torch.nn.functional.rms_norm over the last dimension; ``eps=None`` is the dtype's machine epsilon."""
+    return apply("rms_norm", *[a for a in (x, weight) if a is not None], name=name, eps=eps)
+
+
+def concat(*tensors, axis=-1, name=None) -> Tensor:
+    """= np.concatenate / torch.cat along ``axis``: the other dimensions must be equal."""
+    return apply("concat", *tensors, name=name, axis=axis)
+
+
+def slice(x, axis=-1, start=0, stop=None, step=1, name=None) -> Tensor:  # noqa: A001
+    """``x[..., start:stop:step]`` along ``axis``: a view."""
+    return apply("slice", x, name=name, axis=axis, start=start, stop=stop, step=step)

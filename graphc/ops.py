@@ -48,6 +48,9 @@ class Op:
     # A backend that fuses (backends.Backend.fuse) puts chains of these into one kernel each (fusion.py):
     kernel: bool = False  # elementwise, with a C macro of its name in templates/kernels.j2
     multipass: bool = False  # its NumPy workspace form takes several passes over memory: worth a kernel alone
+    attr_operands: tuple = ()  # attrs that may also come as trailing number operands: pow(x, 2.0), clip(x, 0, 6)
+    helpers: tuple = ()  # functions of the generated module its macros call (ops.j2's helper_<name>)
+    backends: tuple = ("numpy", "cupy")  # the array backends it has templates for
 
     @property
     def macro(self) -> str:
@@ -463,3 +466,218 @@ internal("copy", 1, same_shape, own_array=True)  # a gradient that would alias a
 internal("size", 0, scalar_shape, attrs={"dims": tuple}, inline=True)  # the product of dims: ``(N * 10)``
 internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple}, own_array=True,
          template_attrs=fill_template)  # a constant gradient, as an array
+
+
+# ---- sequence models (DESIGN section 15): elementwise and normalisation ops ---------------------------------
+# The erf family's workspace forms call the module's _erf (templates/ops.j2, helper_erf) on these temporaries:
+# three arrays shaped like the operand and one boolean mask.
+def erf_scratch(shapes, attrs):
+    return [(shapes[-1], None)] * 3 + [(shapes[-1], "bool_")]
+
+
+def gelu_scratch(shapes, attrs):  # erf's and x / sqrt(2); for the tanh form, three arrays
+    if attrs["approximate"] == "tanh":
+        return [(shapes[-1], None)] * 3
+    return erf_scratch(shapes, attrs) + [(shapes[-1], None)]
+
+
+def clip_check(attrs) -> None:
+    if attrs["min"] is None and attrs["max"] is None:
+        raise ShapeError("clip needs a min or a max (both are None)")
+
+
+def clip_shape(shapes, attrs):
+    clip_check(attrs)
+    return shapes[0]
+
+
+def erf_vjp(b, v, xs, g):  # 2 / sqrt(pi) * exp(-x**2)
+    return [b.node("erf_grad", g, b.fwd(xs[0]))]
+
+
+def sqrt_vjp(b, v, xs, g):  # g / (2 * y)
+    return [b.node("sqrt_grad", g, b.fwd(v))]
+
+
+def gelu_vjp(b, v, xs, g):
+    return [b.node("gelu_grad", g, b.fwd(xs[0]), approximate=b.attrs(v)["approximate"])]
+
+
+def silu_vjp(b, v, xs, g):  # g * s * (1 + x * (1 - s)), s = sigmoid(x)
+    return [b.node("silu_grad", g, b.fwd(xs[0]))]
+
+
+def softplus_vjp(b, v, xs, g):  # g * sigmoid(x), or g where x > 20
+    return [b.node("softplus_grad", g, b.fwd(xs[0]))]
+
+
+def pow_vjp(b, v, xs, g):  # g * p * x ** (p - 1)
+    return [b.node("pow_grad", g, b.fwd(xs[0]), exponent=b.attrs(v)["exponent"])]
+
+
+def clip_vjp(b, v, xs, g):  # g where min <= x <= max, else 0 (torch.clamp's)
+    attrs = b.attrs(v)
+    return [b.node("clip_grad", g, b.fwd(xs[0]), min=attrs["min"], max=attrs["max"])]
+
+
+NUMPY_ONLY = ("numpy",)
+BOUND = Check(lambda v: v is None or NUMBER.test(v), "a finite number or None", lambda v: v if v is None else float(v))
+op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), backends=NUMPY_ONLY)
+op("sqrt", 1, same_shape, sqrt_vjp, inplace=True)
+op("gelu", 1, same_shape, gelu_vjp, attrs={"approximate": ("none", "tanh")}, defaults={"approximate": "none"},
+   scratches=gelu_scratch, helpers=("erf",), backends=NUMPY_ONLY)
+op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)
+op("softplus", 1, same_shape, softplus_vjp, scratches=lambda shapes, attrs: [(shapes[0], "bool_")])
+op("pow", 1, same_shape, pow_vjp, attrs={"exponent": NUMBER}, attr_operands=("exponent",), inplace=True)
+op("clip", 1, clip_shape, clip_vjp, attrs={"min": BOUND, "max": BOUND}, defaults={"min": None, "max": None},
+   attr_operands=("min", "max"), inplace=True, template="clamp")  # ops.j2's `clip` is np.take's mode
+internal("erf_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)
+internal("sqrt_grad", 2, same_shape, inplace=True)
+internal("gelu_grad", 2, same_shape, attrs={"approximate": str}, scratches=gelu_scratch, helpers=("erf",),
+         backends=NUMPY_ONLY)
+internal("silu_grad", 2, same_shape, scratch=True)
+internal("softplus_grad", 2, same_shape, inplace=(0,), scratches=lambda shapes, attrs: [(shapes[1], None),
+                                                                                      (shapes[1], "bool_")])
+internal("pow_grad", 2, same_shape, attrs={"exponent": float}, inplace=(1,))
+internal("clip_grad", 2, same_shape, attrs={"min": object, "max": object}, inplace=(0,), scratch=True)
+
+
+def max_vjp(b, v, xs, g):  # the gradient split evenly among equal maxima (or minima), as torch.amax's
+    attrs, shape = b.attrs(v), b.shape(xs[0])
+    return [b.node("max_grad", g, b.fwd(xs[0]), b.fwd(v), axis=axes(attrs["axis"], shape),
+                   keepdims=attrs["keepdims"])]
+
+
+def max_grad_attrs(shapes, attrs, dtype=None, into=False):
+    """The axes to put back into g and y (none when kept, or when y is a scalar) and the axes to count over."""
+    g, x, y = shapes
+    axis = attrs["axis"]
+    return {**attrs, "expand": () if attrs["keepdims"] or y == () else axis,
+            "count_axis": None if len(axis) == len(x) else axis}
+
+
+def kept_shape(shapes, attrs):  # the operand's shape with each reduced axis kept as size 1
+    return [(tuple(1 if i in attrs["axis"] else d for i, d in enumerate(shapes[1])), None)]
+
+
+op("max", 1, reduce_shape, max_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+op("min", 1, reduce_shape, max_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False})
+internal("max_grad", 3, lambda shapes, attrs: shapes[1], attrs={"axis": tuple, "keepdims": bool}, inplace=(1,),
+         scratches=kept_shape, template_attrs=max_grad_attrs)  # mask * (g / count): max's and min's
+
+
+# ---- normalisation over the last dimension: layer_norm(x, weight, bias), rms_norm(x, weight) ---------------
+def norm_shape(shapes, attrs, op="layer_norm", most=3):
+    x, rest = shapes[0], shapes[1:]
+    if not 1 <= len(shapes) <= most:
+        raise ShapeError(f"{op} takes x and at most {most - 1} more operands ({'weight, bias' if most == 3 else 'weight'})"
+                         f", got {len(shapes)}")
+    if len(x) == 0:
+        raise ShapeError(f"{op} needs an operand of at least one dimension, got a scalar")
+    for what, shape in zip(("weight", "bias"), rest):
+        if len(shape) != 1 or not same_dim(shape[0], x[-1]):
+            raise ShapeError(f"{op} {what} {fmt(shape)} must have shape ({x[-1]},), the last dimension of x {fmt(x)}")
+    return x
+
+
+def norm_scratch(shapes, attrs, x=0):  # two arrays shaped like x, two of its rows (the last axis kept as size 1)
+    x = shapes[x]
+    return [(x, None), (x, None), (x[:-1] + (1,), None), (x[:-1] + (1,), None)]
+
+
+def norm_grad_scratch(shapes, attrs):  # operands (g, x)
+    return norm_scratch(shapes, attrs, x=1)
+
+
+def norm_vjp(b, v, xs, g):
+    """d x from the gradient rule of the normalisation (norm_grad, recomputing the row statistics from x);
+    d weight = sum of g * x_hat over the leading axes, d bias = sum of g."""
+    op, eps = b.G.nodes[v]["op"], b.attrs(v)["eps"]
+    x, rest = xs[0], xs[1:]
+    dxhat = b.mul(g, b.fwd(rest[0]), hint=f"d{v}_scaled") if rest else g
+    grads = [b.node(f"{op}_grad", dxhat, b.fwd(x), eps=eps)]
+    if rest:
+        xhat = b.node(op, b.fwd(x), eps=eps, hint=f"{x}_normalized")
+        grads.append(b.unbroadcast(b.mul(g, xhat, hint=f"d{rest[0]}_terms"), rest[0]))
+    if len(rest) > 1:
+        grads.append(b.unbroadcast(g, rest[1]))
+    return grads
+
+
+POSITIVE = Check(lambda v: NUMBER.test(v) and v > 0, "a positive finite number", float)
+EPS = Check(lambda v: v is None or POSITIVE.test(v), "a positive finite number or None (the dtype's epsilon)",
+            lambda v: v if v is None else float(v))
+op("layer_norm", None, norm_shape, norm_vjp, attrs={"eps": POSITIVE}, defaults={"eps": 1e-5}, inplace=(0,),
+   scratches=norm_scratch)
+op("rms_norm", None, lambda shapes, attrs: norm_shape(shapes, attrs, "rms_norm", 2), norm_vjp, attrs={"eps": EPS},
+   defaults={"eps": None}, inplace=(0,), scratches=norm_scratch)
+internal("layer_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": float}, inplace=True,
+         scratches=norm_grad_scratch)  # from d x_hat and x: the row statistics computed again
+internal("rms_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": object}, inplace=True,
+         scratches=norm_grad_scratch)
+
+
+# ---- concat and slice along one axis (slice: a view, like transpose) ----------------------------------------
+def concat_shape(shapes, attrs):
+    if not shapes:
+        raise ShapeError("concat needs at least one operand")
+    first = shapes[0]
+    if not first:
+        raise ShapeError("concat needs operands of at least one dimension, got a scalar")
+    (axis,) = axes(attrs["axis"], first)
+    for shape in shapes:
+        if len(shape) != len(first) or not all(same_dim(a, b) for i, (a, b) in enumerate(zip(shape, first))
+                                              if i != axis):
+            raise ShapeError(f"concat along axis {attrs['axis']}: shapes {' and '.join(fmt(s) for s in shapes)} "
+                             "differ in another dimension")
+        if isinstance(shape[axis], str):
+            raise ShapeError(f"concat along axis {attrs['axis']}: it is the named dimension {shape[axis]!r}")
+    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
+
+
+def concat_vjp(b, v, xs, g):  # each operand's part of g: a view
+    axis, start, grads = axes(b.attrs(v)["axis"], b.shape(v))[0], 0, []
+    for x in xs:
+        size = b.shape(x)[axis]
+        grads.append(b.node("slice", g, axis=axis, start=start, stop=start + size, step=1, hint=f"d{v}_{x}"))
+        start += size
+    return grads
+
+
+def slice_shape(shapes, attrs):
+    (shape,) = shapes
+    if not shape:
+        raise ShapeError("slice needs an operand of at least one dimension, got a scalar")
+    (axis,) = axes(attrs["axis"], shape)
+    if attrs["step"] == 0:
+        raise ShapeError("slice step must not be 0")
+    if isinstance(shape[axis], str):
+        raise ShapeError(f"slice along axis {attrs['axis']}: it is the named dimension {shape[axis]!r}")
+    size = len(range(*slice(attrs["start"], attrs["stop"], attrs["step"]).indices(shape[axis])))
+    if size == 0:
+        raise ShapeError(f"slice {attrs['start']}:{attrs['stop']}:{attrs['step']} of axis {attrs['axis']} "
+                         f"(size {shape[axis]}) is empty")
+    return shape[:axis] + (size,) + shape[axis + 1:]
+
+
+def slice_index(shapes, attrs, dtype=None, into=False):
+    """The subscript: ``[:, 1:5]``, ``[::2]``."""
+    axis = axes(attrs["axis"], shapes[0])[0]
+    start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
+    part = f"{start or ''}:{'' if stop is None else stop}" + ("" if step == 1 else f":{step}")
+    return {**attrs, "index": ", ".join([":"] * axis + [part])}
+
+
+def slice_vjp(b, v, xs, g):  # g in place of the slice, zeros elsewhere
+    attrs = b.attrs(v)
+    return [b.node("slice_grad", g, shape=tuple(b.shape(xs[0])), axis=axes(attrs["axis"], b.shape(xs[0]))[0],
+                   start=attrs["start"], stop=attrs["stop"], step=attrs["step"])]
+
+
+INT = Check(is_int, "an int", int)
+STOP = Check(lambda v: v is None or is_int(v), "an int or None", lambda v: v if v is None else int(v))
+op("concat", None, concat_shape, concat_vjp, attrs={"axis": ONE_AXIS}, defaults={"axis": -1})
+op("slice", 1, slice_shape, slice_vjp, attrs={"axis": ONE_AXIS, "start": INT, "stop": STOP, "step": INT},
+   defaults={"axis": -1, "start": 0, "stop": None, "step": 1}, inline=True, template_attrs=slice_index)
+internal("slice_grad", 1, attr_shape, attrs={"shape": tuple, "axis": int, "start": int, "stop": object, "step": int},
+         template_attrs=lambda shapes, attrs, dtype, into: slice_index([attrs["shape"]], attrs))

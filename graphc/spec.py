@@ -16,6 +16,7 @@ from .errors import GraphcError, GraphError, SpecError
 from .files import read_npz, read_regular
 from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
+from .ops import OPS
 from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
 from .ops import as_float
 from .training import DEFAULT_ITERATIONS
@@ -25,7 +26,7 @@ HYPERPARAMS = {k for o in OPTIMIZERS.values() for k in o.hyperparams}  # lr amon
 TRAIN_KEYS = {"loss", "outputs", "optimizer", "iterations", "epochs", "batch_size", "dtype"} | HYPERPARAMS
 PARAM_KEYS = {"shape", "init", "scale"}
 INPUT_KEYS = {"shape", "dtype"}
-OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
+OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul", ast.Pow: "pow"}
 
 
 @dataclass
@@ -308,13 +309,14 @@ class Expression:
             values[id(node)] = self.value(node, args, name=self.target if node is root else None)
         result = values[id(root)]
         if not isinstance(result, Tensor):
+            self.number(result)
             result = self.g.const(result, name=self.target)
         return result
 
     def children(self, node) -> list:
         if isinstance(node, ast.BinOp):
             if type(node.op) not in OPERATORS:
-                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / @)")
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / @ **)")
             return [node.left, node.right]
         if isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, (ast.USub, ast.UAdd)):
@@ -339,6 +341,8 @@ class Expression:
 
     def value(self, node, args, name):
         if isinstance(node, ast.Constant):
+            if node.value is None:  # an absent bound, clip(x, None, 6.0); anywhere else an error (self.number)
+                return None
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self.fail(f"{node.value!r} is not allowed here: only numbers are constants")
             value = as_float(node.value)
@@ -350,6 +354,7 @@ class Expression:
             return self.lookup(node.id)
         if isinstance(node, ast.UnaryOp):
             (x,) = args
+            self.number(x)
             if isinstance(node.op, ast.UAdd):
                 return x
             if not isinstance(x, Tensor):
@@ -381,6 +386,11 @@ class Expression:
             self.fail(f"attribute {kw.arg}= must be a literal: a number, a string, True, False, None "
                       "or a tuple of ints")
 
+    def number(self, value):
+        if value is None:
+            self.fail("None is not allowed here: only numbers are constants")
+        return value
+
     def lookup(self, ref: str) -> Tensor:
         if ref in self.g:
             return self.g[ref]
@@ -393,6 +403,8 @@ class Expression:
     def apply(self, op: str, args: list, attrs: dict, name) -> Tensor:
         if args and all(not isinstance(a, Tensor) for a in args):
             self.fail(f"{op} of constants only: write the number")
-        operands = [a if isinstance(a, Tensor) else self.g.const(a, name=self.namer(f"{self.target}_const"))
-                    for a in args]
+        arity = OPS[op].arity if OPS[op].attr_operands else None
+        operands = [a if isinstance(a, Tensor) or arity is not None and i >= arity  # attrs: pow(x, 2.0)
+                    else self.g.const(self.number(a), name=self.namer(f"{self.target}_const"))
+                    for i, a in enumerate(args)]
         return self.g.apply(op, *operands, name=name or self.namer(f"{self.target}_{op}"), **attrs)

@@ -49,7 +49,7 @@ CORPUS = {
     "expr_ifexp.toml": f"node 'loss': IfExp {NOT_ALLOWED}",
     "expr_boolop.toml": f"node 'loss': BoolOp {NOT_ALLOWED}",
     "expr_compare.toml": f"node 'loss': Compare {NOT_ALLOWED}",
-    "expr_power.toml": "node 'loss': operator Pow is not allowed (use + - * / @)",
+    "expr_modulo.toml": "node 'loss': operator Mod is not allowed (use + - * / @ **)",
     "expr_invert.toml": "node 'loss': operator Invert is not allowed (use + - * / @)",
     "expr_statement_semicolon.toml": "node 'loss': cannot parse \"mse(pred, y); __import__(",
     "expr_statement_newline.toml": "node 'loss': cannot parse \"mse(pred, y)\\n__import__(",

@@ -232,7 +232,7 @@ def test_bad_show_options_are_one_line_exit_2(args, message, root, capsys):
 def test_bad_spec_is_one_line_exit_2(root, capsys):
     assert main(["show", "tests/specs/unknown_op.toml", "--backward"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith("graphc: error: tests/specs/unknown_op.toml: node 'h': unknown op 'gelu'")
+    assert out == "" and err.startswith("graphc: error: tests/specs/unknown_op.toml: node 'h': unknown op 'mish'")
     assert err.count("\n") == 1
 
 
