@@ -3,9 +3,10 @@
 from ._version import __version__
 from .errors import GraphcError, GraphError, ShapeError, SpecError
 from .graph import (
-    Graph, Tensor, add, binary_cross_entropy_with_logits, clip, concat, cross_entropy, div, erf, exp, from_networkx, gelu,
-    layer_norm, leaky_relu, log, log_softmax, matmul, max, mean, min, mse, mul, neg, pow, relu, rms_norm, sigmoid, silu, slice, softmax, softplus, sqrt, sub,
-    sum, tanh, transpose,
+    Graph, Tensor, adaptive_avg_pool2d, add, avg_pool2d, binary_cross_entropy_with_logits, clip, concat, conv1d,
+    conv2d, conv_transpose2d, cross_entropy, div, erf, exp, flatten, from_networkx, gelu, layer_norm, leaky_relu,
+    log, log_softmax, matmul, max, max_pool2d, mean, min, mse, mul, neg, pow, relu, reshape, rms_norm, sigmoid,
+    silu, slice, softmax, softplus, sqrt, sub, sum, tanh, transpose,
 )
 from .compiler import CompiledModule, compile
 from .spec import load_spec
@@ -26,6 +27,7 @@ __all__ = [
     "add", "binary_cross_entropy_with_logits", "compile", "cross_entropy", "div", "exp", "from_networkx",
     "from_onnx", "leaky_relu", "load_spec", "log", "log_softmax", "matmul", "mean", "mse", "mul", "neg", "relu",
     "sigmoid", "softmax", "sub", "sum", "tanh", "transpose",
-    "clip", "concat", "erf", "gelu", "layer_norm", "max", "min", "pow", "rms_norm", "silu", "slice", "softplus",
+    "adaptive_avg_pool2d", "avg_pool2d", "clip", "concat", "conv1d", "conv2d", "conv_transpose2d", "erf", "flatten",
+    "gelu", "layer_norm", "max", "max_pool2d", "min", "pow", "reshape", "rms_norm", "silu", "slice", "softplus",
     "sqrt",
 ]

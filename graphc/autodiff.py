@@ -79,7 +79,7 @@ class AdjointBuilder:
     def node(self, op: str, *args, hint: str | None = None, **attrs):
         shape = OPS[op].shape([self.shape(a) for a in args], attrs)
         name = self.fresh(hint or f"d{self.via}_{op}")
-        add_node(self.A, name, op, args, shape=shape, dtype=self.dtype, attrs=attrs, via=self.via)
+        add_node(self.A, name, op, args, shape=shape, dtype=OPS[op].dtype or self.dtype, attrs=attrs, via=self.via)
         self.made.add(name)
         return name
 

@@ -88,7 +88,10 @@ class Renderer:
     def expr(self, key: str, v) -> str:
         """The value of ``v`` as one NumPy expression (the pure functions' form)."""
         args, attrs = self.macro_args(key, v)
-        return str(getattr(self.ops, OPS[self.graphs[key].nodes[v]["op"]].macro)(*args, **attrs))
+        macro = getattr(self.ops, OPS[self.graphs[key].nodes[v]["op"]].macro, None)
+        if macro is None:  # its pure form is several statements (a _block macro): the equation says what it is
+            return describe(self.graphs[key], v).split(" = ", 1)[1]
+        return str(macro(*args, **attrs))
 
     def statement(self, s, out: str | None = None, scratch: str | None = None, computed_with=None) -> dict:
         """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
@@ -96,12 +99,16 @@ class Renderer:
         data = graph.nodes[s.node]
         op = OPS[data["op"]]
         into = getattr(self.ops, op.macro + "_into", None)
+        block = getattr(self.ops, op.macro + "_block", None)
         if computed_with is not None:  # the comment says what: the NumPy expression, or the equation if long
             expr = self.expr(s.graph, s.node)
             expr = expr if len(expr) <= 40 else describe(graph, s.node).split(" = ", 1)[1]
             code = str(self.ops.computed(s.node, out, expr, computed_with))
+        elif block is not None and out is None and scratch is None:  # a pure form of several statements
+            args, attrs = self.macro_args(s.graph, s.node)
+            code = str(block(s.node, *args, **attrs)).rstrip()
         elif into is not None and (out is not None or scratch is not None or not hasattr(self.ops, op.macro)):
-            # (an op whose pure form is statements, too, has only the workspace form: called with out None)
+            # (an op whose pure form is statements, too, may have only the workspace form: called with out None)
             args, attrs = self.macro_args(s.graph, s.node, into=True)
             code = str(into(s.node, out, scratch, *args, **attrs))
         else:

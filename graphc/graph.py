@@ -197,8 +197,10 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     if op is None or not op.public:
         raise GraphError(f"unknown op {data['op']!r} (known: {', '.join(sorted(public_ops()))})", node=v)
     args = operands(G, v)
-    if op.arity is not None and len(args) != op.arity:  # None: the shape rule counts them
-        raise GraphError(f"{op.name} takes {op.arity} operand{'s' * (op.arity != 1)}, got {len(args)}", node=v)
+    arities = op.arity if isinstance(op.arity, tuple) else (op.arity,)
+    if op.arity is not None and len(args) not in arities:  # None: the shape rule counts them
+        count = " or ".join(map(str, arities))
+        raise GraphError(f"{op.name} takes {count} operand{'s' * (arities != (1,))}, got {len(args)}", node=v)
     data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
     ints = [i for i, a in enumerate(args) if G.nodes[a]["dtype"] not in DTYPES]
     for i in ints:
@@ -606,3 +608,50 @@ def concat(*tensors, axis=-1, name=None) -> Tensor:
 def slice(x, axis=-1, start=0, stop=None, step=1, name=None) -> Tensor:  # noqa: A001
     """``x[..., start:stop:step]`` along ``axis``: a view."""
     return apply("slice", x, name=name, axis=axis, start=start, stop=stop, step=step)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, name=None) -> Tensor:
+    """= torch.nn.functional.conv2d: x (N, C, H, W), w (C_out, C / groups, kH, kW), b (C_out,) or None;
+    padding an int, a pair, 'same' or 'valid'."""
+    args = (x, w) if b is None else (x, w, b)
+    return apply("conv2d", *args, name=name, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, name=None) -> Tensor:
+    """= torch.nn.functional.conv1d: x (N, C, L), w (C_out, C / groups, k), b (C_out,) or None."""
+    args = (x, w) if b is None else (x, w, b)
+    return apply("conv1d", *args, name=name, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     name=None) -> Tensor:
+    """= torch.nn.functional.conv_transpose2d: w is (C_in, C_out / groups, kH, kW)."""
+    args = (x, w) if b is None else (x, w, b)
+    return apply("conv_transpose2d", *args, name=name, stride=stride, padding=padding,
+                 output_padding=output_padding, groups=groups, dilation=dilation)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, name=None) -> Tensor:
+    """= torch.nn.functional.max_pool2d (stride defaults to the kernel; padding pads with -inf)."""
+    return apply("max_pool2d", x, name=name, kernel_size=kernel_size, stride=stride, padding=padding)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, name=None) -> Tensor:
+    """= torch.nn.functional.avg_pool2d (stride defaults to the kernel)."""
+    return apply("avg_pool2d", x, name=name, kernel_size=kernel_size, stride=stride, padding=padding,
+                 count_include_pad=count_include_pad)
+
+
+def adaptive_avg_pool2d(x, output_size, name=None) -> Tensor:
+    """= torch.nn.functional.adaptive_avg_pool2d, for input sizes that are multiples of ``output_size``."""
+    return apply("adaptive_avg_pool2d", x, name=name, output_size=output_size)
+
+
+def flatten(x, start_dim=1, name=None) -> Tensor:
+    """= torch.flatten(x, start_dim): a view."""
+    return apply("flatten", x, name=name, start_dim=start_dim)
+
+
+def reshape(x, shape, name=None) -> Tensor:
+    """= torch.reshape: one -1 at most; an entry may be a dimension name ("N"), which x must have."""
+    return apply("reshape", x, name=name, shape=shape)

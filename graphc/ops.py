@@ -22,7 +22,7 @@ from .errors import GraphError, ShapeError
 @dataclass(frozen=True)
 class Op:
     name: str
-    arity: int | None  # None: any number of operands
+    arity: int | tuple | None  # None: any number of operands; a tuple: any of those numbers
     shape: Callable
     vjp: Callable | None = None
     attrs: dict = field(default_factory=dict)  # attr name -> allowed strings (tuple), a Check, or a type (internal)
@@ -50,6 +50,8 @@ class Op:
     multipass: bool = False  # its NumPy workspace form takes several passes over memory: worth a kernel alone
     attr_operands: tuple = ()  # attrs that may also come as trailing number operands: pow(x, 2.0), clip(x, 0, 6)
     helpers: tuple = ()  # functions of the generated module its macros call (ops.j2's helper_<name>)
+    positional: tuple = ()  # attrs a call may also give by position, after the operands: max_pool2d(x, 2)
+    dtype: str | None = None  # the result's dtype when it is not the operands' (an argmax: "int64")
     backends: tuple = ("numpy", "cupy")  # the array backends it has templates for
 
     @property
@@ -681,3 +683,496 @@ op("slice", 1, slice_shape, slice_vjp, attrs={"axis": ONE_AXIS, "start": INT, "s
    defaults={"axis": -1, "start": 0, "stop": None, "step": 1}, inline=True, template_attrs=slice_index)
 internal("slice_grad", 1, attr_shape, attrs={"shape": tuple, "axis": int, "start": int, "stop": object, "step": int},
          template_attrs=lambda shapes, attrs, dtype, into: slice_index([attrs["shape"]], attrs))
+
+
+# ---- convolutional networks (DESIGN section 14): NCHW, as torch.nn.functional ------------------------------
+# A window op reads windows of x (N, C, H, W): C, H and W are fixed at compile time, N may be named. Everything
+# that depends only on shapes (padding, output sizes, the slices of each kernel offset) is computed here, once, as
+# a ``Window``; the templates only write it out. The convolution is one matrix product over the windows of x
+# (im2col, kept for the weight's gradient); its input gradient is the windows' gradients added back by kernel
+# offset (col2im). Pooling keeps, for max, the index of each window's first maximum.
+
+def is_pos_int(v) -> bool:
+    return is_int(v) and v >= 1
+
+
+def pair_of(test):
+    """An int or a pair of ints (a tuple or a list), each passing ``test``."""
+    return lambda v: test(v) or isinstance(v, (tuple, list)) and len(v) == 2 and all(test(d) for d in v)
+
+
+def as_pair(v):
+    return (int(v), int(v)) if is_int(v) else tuple(int(d) for d in v)
+
+
+PAIR = Check(pair_of(is_pos_int), "a positive int or a pair of them", as_pair)
+PAIR_OR_NONE = Check(lambda v: v is None or pair_of(is_pos_int)(v), "a positive int, a pair of them or None",
+                     lambda v: v if v is None else as_pair(v))
+PADDING = Check(pair_of(lambda d: is_int(d) and d >= 0), "a non-negative int or a pair of them",
+                as_pair)
+CONV_PADDING = Check(lambda v: v in ("same", "valid") or PADDING.test(v),
+                     "'same', 'valid', a non-negative int or a pair of them",
+                     lambda v: v if isinstance(v, str) else as_pair(v))
+POSITIVE_INT = Check(is_pos_int, "a positive int", int)
+TARGET_SHAPE = Check(lambda v: isinstance(v, (tuple, list)) and len(v) >= 1 and all(
+    is_pos_int(d) or d == -1 and is_int(d) or isinstance(d, str) and d.isidentifier() for d in v),
+    "a tuple of positive ints, dimension names and at most one -1",
+    lambda v: tuple(d if isinstance(d, str) else int(d) for d in v))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where the windows of an (N, C, H, W) input lie: x padded by ``pads`` (top, bottom, left, right) to
+    (Hp, Wp); window (h, w) starts at (h * stride, w * stride) and reads every ``dilation``-th element."""
+
+    C: int
+    H: int
+    W: int
+    kernel: tuple
+    stride: tuple
+    pads: tuple
+    dilation: tuple = (1, 1)
+
+    @property
+    def Hp(self):
+        return self.H + self.pads[0] + self.pads[1]
+
+    @property
+    def Wp(self):
+        return self.W + self.pads[2] + self.pads[3]
+
+    @property
+    def span(self):  # the extent of one window, dilation included
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+
+    @property
+    def Ho(self):
+        return (self.Hp - self.span[0]) // self.stride[0] + 1
+
+    @property
+    def Wo(self):
+        return (self.Wp - self.span[1]) // self.stride[1] + 1
+
+    @property
+    def padded(self) -> bool:
+        return any(self.pads)
+
+    @property
+    def tiles(self) -> bool:
+        """Windows that tile x exactly (stride = kernel, no padding or dilation): a reshape of x, no sliding."""
+        return (self.stride == self.kernel and self.dilation == (1, 1) and not self.padded
+                and self.H % self.kernel[0] == 0 and self.W % self.kernel[1] == 0)
+
+    def in_shape(self, n):
+        return (n, self.C, self.H, self.W)
+
+    def padded_shape(self, n):
+        return (n, self.C, self.Hp, self.Wp)
+
+    def out_shape(self, n, channels=None):
+        return (n, self.C if channels is None else channels, self.Ho, self.Wo)
+
+    def counts(self):
+        """Per output row and column, how many of its window's elements are inside x (not padding)."""
+        def along(n, k, s, before, outputs):
+            return tuple(min(o * s - before + k, n) - max(o * s - before, 0) for o in range(outputs))
+        return (along(self.H, self.kernel[0], self.stride[0], self.pads[0], self.Ho),
+                along(self.W, self.kernel[1], self.stride[1], self.pads[2], self.Wo))
+
+
+def image(op: str, x) -> None:
+    """x must be (N, C, H, W) with C, H and W fixed."""
+    if len(x) != 4:
+        raise ShapeError(f"{op} needs x of shape (N, C, H, W), got {fmt(x)}")
+    if any(isinstance(d, str) for d in x[1:]):
+        raise ShapeError(f"{op} needs the channels and the spatial sizes of x fixed, got {fmt(x)} "
+                         "(only the batch dimension may be named)")
+
+
+def window(op: str, x, kernel, stride, pads, dilation=(1, 1)) -> Window:
+    win = Window(*x[1:], tuple(kernel), tuple(stride), tuple(pads), tuple(dilation))
+    if win.span[0] > win.Hp or win.span[1] > win.Wp:
+        dilated = f" (dilation {fmt(dilation)}: {win.span[0]}x{win.span[1]})" if dilation != (1, 1) else ""
+        raise ShapeError(f"{op} kernel {kernel[0]}x{kernel[1]}{dilated} is larger than the padded input "
+                         f"{win.Hp}x{win.Wp}")
+    return win
+
+
+def conv_pads(padding, kernel, dilation, stride) -> tuple:
+    """``padding`` as (top, bottom, left, right); 'same' puts the odd element at the bottom and right, as torch."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise ShapeError(f"padding='same' needs stride 1, got stride={fmt(stride)} (as torch)")
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
+    return (padding[0], padding[0], padding[1], padding[1])
+
+
+def conv_window(shapes, attrs, op="conv2d") -> Window:
+    """conv2d's checks (channels, groups, bias, kernel against the padded input) and its windows of x."""
+    x, w = shapes[:2]
+    image(op, x)
+    if len(w) != 4:
+        raise ShapeError(f"{op} needs a weight of shape (C_out, C_in / groups, kH, kW), got {fmt(w)}")
+    groups, (C, O, Cg) = attrs["groups"], (x[1], w[0], w[1])
+    for what, n in (("input channels of x", C), ("output channels of w", O)):
+        if n % groups:
+            raise ShapeError(f"groups={groups} does not divide the {n} {what}")
+    if Cg * groups != C:
+        per = f" ({Cg} per group, {groups} groups)" if groups > 1 else ""
+        raise ShapeError(f"channel mismatch: x has {C} channels but w {fmt(w)} takes {Cg * groups}{per}")
+    if len(shapes) == 3 and tuple(shapes[2]) != (O,):
+        raise ShapeError(f"bias {fmt(shapes[2])} must have shape ({O},): one per output channel of w")
+    pads = conv_pads(attrs["padding"], w[2:], attrs["dilation"], attrs["stride"])
+    return window(op, x, w[2:], attrs["stride"], pads, attrs["dilation"])
+
+
+def conv2d_shape(shapes, attrs):
+    return conv_window(shapes, attrs).out_shape(shapes[0][0], shapes[1][0])
+
+
+def conv_attrs(shapes, attrs) -> dict:
+    """What conv2d's macros need: the windows, the groups' sizes and whether there is a bias."""
+    win, w = conv_window(shapes, attrs), shapes[1]
+    return {"win": win, "O": w[0], "G": attrs["groups"], "K": w[1] * w[2] * w[3], "bias": len(shapes) == 3}
+
+
+def conv2d_scratch(shapes, attrs):  # the windows of x as columns (kept for dw), then padded x
+    win, a = conv_window(shapes, attrs), conv_attrs(shapes, attrs)
+    n = shapes[0][0]
+    return [((n, a["G"], a["K"], win.Ho * win.Wo), None)] + ([(win.padded_shape(n), None)] if win.padded else [])
+
+
+def internal_window(attrs, x) -> Window:
+    """The Window of an adjoint node, from its attrs (the forward node's, resolved) and the input shape ``x``."""
+    return Window(*x, attrs["kernel"], attrs["stride"], attrs["padding"], attrs.get("dilation", (1, 1)))
+
+
+def as_2d(shapes, attrs):
+    """conv1d as conv2d: x (N, C, L) seen as (N, C, 1, L), w (C_out, C_in / groups, k) as (C_out, ..., 1, k)."""
+    x, w = shapes[:2]
+    if len(x) != 3 or any(isinstance(d, str) for d in x[1:]):
+        raise ShapeError(f"conv1d needs x of shape (N, C, L), C and L fixed, got {fmt(x)}")
+    if len(w) != 3:
+        raise ShapeError(f"conv1d needs a weight of shape (C_out, C_in / groups, k), got {fmt(w)}")
+    pad = attrs["padding"]
+    attrs2 = {"stride": (1, attrs["stride"]), "dilation": (1, attrs["dilation"]), "groups": attrs["groups"],
+              "padding": pad if isinstance(pad, str) else (0, pad)}
+    return [(x[0], x[1], 1, x[2]), (*w[:2], 1, w[2]), *shapes[2:]], attrs2
+
+
+def conv1d_shape(shapes, attrs):
+    shapes2, attrs2 = as_2d(shapes, attrs)
+    win = conv_window(shapes2, attrs2, "conv1d")
+    return (shapes[0][0], shapes[1][0], win.Wo)
+
+
+def conv1d_vjp(b, v, xs, g):
+    """conv2d's gradient, through views of x, w and g with a height of 1."""
+    x, w = xs[:2]
+    (n, c, length), (o, cg, k), wo = b.shape(x), b.shape(w), b.shape(v)[2]
+    win = conv_window(*as_2d([b.shape(a) for a in xs], b.attrs(v)), "conv1d")
+    geometry = dict(kernel=win.kernel, stride=win.stride, padding=win.pads, dilation=win.dilation,
+                    groups=b.attrs(v)["groups"])
+    x4 = b.node("reshape", b.fwd(x), shape=(n, c, 1, length), hint=f"{x}_2d")
+    g4 = b.node("reshape", g, shape=(n, o, 1, wo), hint=f"d{v}_2d")
+    cols = b.node("im2col", x4, hint=f"{x}_cols", **geometry)  # the forward computed it
+    dw = b.node("conv2d_grad_w", g4, cols, shape=(o, cg, k))
+    w4 = b.node("reshape", b.fwd(w), shape=(o, cg, 1, k), hint=f"{w}_2d")
+    dcols = b.node("conv2d_grad_cols", g4, w4, groups=geometry["groups"], hint=f"d{x}_cols")
+    dx = b.node("col2im", dcols, x=(c, 1, length), **geometry)
+    db = [b.node("sum", g, axis=(0, 2), keepdims=False)] if len(xs) == 3 else []
+    return [b.node("reshape", dx, shape=(n, c, length)), dw, *db]
+
+
+def conv1d_attrs(shapes, attrs) -> dict:
+    return {**conv_attrs(*as_2d(shapes, attrs)), "flat": True}
+
+
+def transpose_window(shapes, attrs) -> Window:
+    """conv_transpose2d's checks, and the windows of the conv2d whose input gradient it is: that conv2d's input
+    is this op's output (N, C_out, H_out, W_out), its weight is w (C_in, C_out / groups, kH, kW)."""
+    x, w = shapes[:2]
+    image("conv_transpose2d", x)
+    if len(w) != 4:
+        raise ShapeError(f"conv_transpose2d needs a weight of shape (C_in, C_out / groups, kH, kW), got {fmt(w)}")
+    groups, C = attrs["groups"], x[1]
+    if w[0] != C:
+        raise ShapeError(f"channel mismatch: x has {C} channels but w {fmt(w)} takes {w[0]}")
+    if C % groups:
+        raise ShapeError(f"groups={groups} does not divide the {C} input channels of x")
+    cout = w[1] * groups
+    if len(shapes) == 3 and tuple(shapes[2]) != (cout,):
+        raise ShapeError(f"bias {fmt(shapes[2])} must have shape ({cout},): one per output channel")
+    (s0, s1), (p0, p1), (d0, d1), out_pad = attrs["stride"], attrs["padding"], attrs["dilation"], \
+        attrs["output_padding"]
+    if out_pad[0] >= s0 or out_pad[1] >= s1:
+        raise ShapeError(f"output_padding {fmt(out_pad)} must be smaller than the stride {fmt(attrs['stride'])}")
+    size = [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
+            for n, s, p, d, k, o in zip(x[2:], (s0, s1), (p0, p1), (d0, d1), w[2:], out_pad)]
+    if min(size) < 1:
+        raise ShapeError(f"conv_transpose2d of {fmt(x)} gives an empty output {size[0]}x{size[1]}")
+    return Window(cout, *size, tuple(w[2:]), (s0, s1), (p0, p0, p1, p1), (d0, d1))
+
+
+def conv_transpose2d_attrs(shapes, attrs) -> dict:
+    win, (x, w) = transpose_window(shapes, attrs), shapes[:2]
+    groups = attrs["groups"]
+    return {"win": win, "G": groups, "Cig": x[1] // groups, "K": w[1] * w[2] * w[3], "L": x[2] * x[3],
+            "bias": len(shapes) == 3}
+
+
+def conv_transpose2d_scratch(shapes, attrs):  # w.T @ x as columns, then the padded output
+    win, a = transpose_window(shapes, attrs), conv_transpose2d_attrs(shapes, attrs)
+    n = shapes[0][0]
+    return [((n, a["G"], a["K"], a["L"]), None)] + padded_scratch(win, n)
+
+
+def conv_transpose2d_vjp(b, v, xs, g):
+    """The converse of conv2d's: dx is the conv2d of dy by w, dw the weight gradient of that conv2d."""
+    x, w = xs[:2]
+    attrs = b.attrs(v)
+    win = transpose_window([b.shape(a) for a in xs], attrs)
+    dx = b.node("conv2d", g, b.fwd(w), stride=win.stride, padding=attrs["padding"], dilation=win.dilation,
+                groups=attrs["groups"])
+    cols = b.node("im2col", g, kernel=win.kernel, stride=win.stride, padding=win.pads, dilation=win.dilation,
+                  groups=attrs["groups"], hint=f"d{v}_cols")
+    dw = b.node("conv2d_grad_w", b.fwd(x), cols, shape=tuple(b.shape(w)))
+    db = [b.node("sum", g, axis=(0, 2, 3), keepdims=False)] if len(xs) == 3 else []
+    return [dx, dw, *db]
+
+
+def im2col_shape(shapes, attrs):  # (N, groups, C / groups * kH * kW, Ho * Wo)
+    (x,), win = shapes, internal_window(attrs, shapes[0][1:])
+    return (x[0], attrs["groups"], x[1] // attrs["groups"] * attrs["kernel"][0] * attrs["kernel"][1],
+            win.Ho * win.Wo)
+
+
+def col2im_shape(shapes, attrs):  # columns (N, G, K, L) back to x (N, C, H, W)
+    return (shapes[0][0], *attrs["x"])
+
+
+def conv2d_vjp(b, v, xs, g):
+    x, w = xs[:2]
+    attrs, wshape = b.attrs(v), b.shape(w)
+    win = conv_window([b.shape(a) for a in xs], attrs)
+    geometry = dict(kernel=win.kernel, stride=win.stride, padding=win.pads, dilation=win.dilation,
+                    groups=attrs["groups"])
+    cols = b.node("im2col", b.fwd(x), hint=f"{x}_cols", **geometry)  # the forward computed it
+    dw = b.node("conv2d_grad_w", g, cols, shape=wshape)  # dy @ cols.T, summed over the batch
+    dcols = b.node("conv2d_grad_cols", g, b.fwd(w), groups=attrs["groups"], hint=f"d{x}_cols")  # w.T @ dy
+    dx = b.node("col2im", dcols, x=tuple(b.shape(x)[1:]), **geometry)  # the columns added back into x's shape
+    db = [b.node("sum", g, axis=(0, 2, 3), keepdims=False)] if len(xs) == 3 else []
+    return [dx, dw, *db]
+
+
+def conv_grad_attrs(shapes, attrs) -> dict:
+    """The groups' sizes of conv2d_grad_w (dy, cols) and conv2d_grad_cols (dy, w)."""
+    g, other = shapes
+    groups = other[1] if "shape" in attrs else attrs["groups"]
+    return {"G": groups, "Og": g[1] // groups, "L": math.prod(g[2:]),
+            "K": other[2] if "shape" in attrs else math.prod(other[1:])}
+
+
+def conv_grad_w_scratch(shapes, attrs):  # each example's term of dw: (N, groups, C_out / groups, K)
+    a = conv_grad_attrs(shapes, attrs)
+    return [((shapes[0][0], a["G"], a["Og"], a["K"]), None)]
+
+
+def pool_window(op, shapes, attrs) -> Window:
+    (x,) = shapes
+    image(op, x)
+    kernel = attrs["kernel_size"]
+    stride = attrs["stride"] or kernel
+    pad = attrs["padding"]
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ShapeError(f"{op} padding {fmt(pad)} must be at most half the kernel {fmt(kernel)} (as torch)")
+    return window(op, x, kernel, stride, (pad[0], pad[0], pad[1], pad[1]))
+
+
+def pool_shape(op):
+    return lambda shapes, attrs: pool_window(op, shapes, attrs).out_shape(shapes[0][0])
+
+
+def pool_geometry(op):
+    def geometry(shapes, attrs):
+        win = pool_window(op, shapes, attrs)
+        return dict(x=(win.C, win.H, win.W), kernel=win.kernel, stride=win.stride, padding=win.pads)
+    return geometry
+
+
+def max_pool2d_vjp(b, v, xs, g):
+    (x,) = xs
+    geometry = pool_geometry("max_pool2d")([b.shape(x)], b.attrs(v))
+    argmax = b.node("max_pool2d_argmax", b.fwd(x), hint=f"{x}_argmax", **geometry)  # the forward computed it
+    return [b.node("max_pool2d_grad", g, argmax, **geometry)]
+
+
+def avg_pool2d_vjp(b, v, xs, g):
+    attrs = b.attrs(v)
+    geometry = pool_geometry("avg_pool2d")([b.shape(xs[0])], attrs)
+    return [b.node("avg_pool2d_grad", g, count_include_pad=attrs["count_include_pad"], **geometry)]
+
+
+def adaptive_window(shapes, attrs) -> Window:
+    (x,) = shapes
+    image("adaptive_avg_pool2d", x)
+    out = attrs["output_size"]
+    if x[2] % out[0] or x[3] % out[1]:
+        raise ShapeError(f"adaptive_avg_pool2d to {fmt(out)} needs input sizes that are multiples of it, "
+                         f"got {x[2]}x{x[3]}")
+    kernel = (x[2] // out[0], x[3] // out[1])
+    return Window(*x[1:], kernel, kernel, (0, 0, 0, 0))
+
+
+def adaptive_avg_pool2d_vjp(b, v, xs, g):
+    win = adaptive_window([b.shape(xs[0])], b.attrs(v))
+    return [b.node("avg_pool2d_grad", g, count_include_pad=True, x=(win.C, win.H, win.W), kernel=win.kernel,
+                   stride=win.stride, padding=win.pads)]
+
+
+def window_attrs(shapes, attrs) -> dict:
+    """An adjoint window op's Window: from its x attr, or from its first operand (N, C, H, W)."""
+    return {"win": internal_window(attrs, attrs.get("x") or shapes[0][1:])}
+
+
+def pooled(win: Window, attrs) -> dict:
+    """A pooling macro's attrs: the windows and, for count_include_pad=False, the counts of their elements in x."""
+    return {"win": win, "counts": None if attrs.get("count_include_pad", True) or not win.padded else win.counts()}
+
+
+def pool_attrs(op):
+    return lambda shapes, attrs: pooled(pool_window(op, shapes, attrs), attrs)
+
+
+def pooled_grad_attrs(shapes, attrs) -> dict:
+    return pooled(internal_window(attrs, attrs["x"]), attrs)
+
+
+def max_pool2d_scratch(shapes, attrs):  # each window's first maximum (kept), the windows as rows, padded x
+    win, n = pool_window("max_pool2d", shapes, attrs), shapes[0][0]
+    k = win.kernel[0] * win.kernel[1]
+    return ([(win.out_shape(n), "int64"), ((n, win.C, win.Ho, win.Wo, k), None)]
+            + ([(win.padded_shape(n), None)] if win.padded else []))
+
+
+def padded_scratch(win: Window, n) -> list:
+    return [(win.padded_shape(n), None)] if win.padded else []
+
+
+# ---- reshape and flatten: views -----------------------------------------------------------------------------
+
+def reshaped(shape, target) -> tuple:
+    """torch.reshape's rule with named dimensions: one -1 at most, sizes that divide, and every named dimension
+    of the result one of the input's."""
+    if list(target).count(-1) > 1:
+        raise ShapeError(f"reshape to {fmt(target)}: one -1 at most")
+    names_in = [d for d in shape if isinstance(d, str)]
+    left = list(names_in)
+    for d in (d for d in target if isinstance(d, str)):
+        if d not in left:
+            raise ShapeError(f"reshape of {fmt(shape)} to {fmt(target)}: dimension {d} does not follow from the "
+                             "input's dimensions")
+        left.remove(d)
+    size_in = math.prod(d for d in shape if not isinstance(d, str))
+    size_out = math.prod(d for d in target if not isinstance(d, str) and d != -1)
+    if -1 not in target:
+        if left or size_in != size_out:
+            raise ShapeError(f"reshape of {fmt(shape)} to {fmt(target)}: the sizes differ")
+        return tuple(target)
+    if size_in % size_out:
+        raise ShapeError(f"reshape of {fmt(shape)} to {fmt(target)}: the sizes do not divide "
+                         f"({size_in} by {size_out})")
+    rest = size_in // size_out
+    if left and (len(left) > 1 or rest != 1):
+        product = " * ".join(left + ([str(rest)] if rest != 1 else []))
+        raise ShapeError(f"reshape of {fmt(shape)} to {fmt(target)}: the -1 would be {product}, which is no "
+                         f"dimension the result can have (name the dimensions {', '.join(left)} in the target)")
+    fill = left[0] if left else rest
+    return tuple(fill if d == -1 else d for d in target)
+
+
+def reshape_shape(shapes, attrs):
+    return reshaped(shapes[0], attrs["shape"])
+
+
+def flatten_shape(shapes, attrs):
+    (x,), start = shapes, attrs["start_dim"]
+    if not -len(x) <= start < len(x):
+        raise ShapeError(f"flatten start_dim={start} is out of range for {fmt(x)} ({len(x)}-D)")
+    start %= len(x)
+    return reshaped(x, tuple(x[:start]) + (-1,))
+
+
+def view_vjp(b, v, xs, g):  # reshape and flatten: the gradient is g seen in x's shape
+    return [b.node("reshape", g, shape=tuple(b.shape(xs[0])), hint=f"d{xs[0]}_view")]
+
+
+def plus(rule):
+    """A template_attrs rule from one that gives only the attrs a macro takes besides the node's."""
+    return lambda shapes, attrs, dtype, into: {**attrs, **rule(shapes, attrs)}
+
+
+def view_attrs(shape_rule):
+    return lambda shapes, attrs: {"to": shape_rule(shapes, attrs)}
+
+
+# Public ops.
+op("conv2d", (2, 3), conv2d_shape, conv2d_vjp, attrs={"stride": PAIR, "padding": CONV_PADDING, "dilation": PAIR,
+   "groups": POSITIVE_INT}, defaults={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1},
+   scratches=conv2d_scratch, keeps="im2col", template_attrs=plus(conv_attrs), backends=NUMPY_ONLY)
+op("conv1d", (2, 3), conv1d_shape, conv1d_vjp, attrs={"stride": POSITIVE_INT, "padding": Check(
+   lambda v: v in ("same", "valid") or is_int(v) and v >= 0, "'same', 'valid' or a non-negative int"),
+   "dilation": POSITIVE_INT, "groups": POSITIVE_INT}, defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+   scratches=lambda shapes, attrs: conv2d_scratch(*as_2d(shapes, attrs)), keeps="im2col",
+   template_attrs=plus(conv1d_attrs), template="conv2d", backends=NUMPY_ONLY)  # as conv2d, on views of height 1
+op("conv_transpose2d", (2, 3), lambda shapes, attrs: transpose_window(shapes, attrs).in_shape(shapes[0][0]),
+   conv_transpose2d_vjp, attrs={"stride": PAIR, "padding": PADDING, "output_padding": PADDING, "groups": POSITIVE_INT,
+   "dilation": PAIR}, defaults={"stride": (1, 1), "padding": (0, 0), "output_padding": (0, 0), "groups": 1,
+   "dilation": (1, 1)}, scratches=conv_transpose2d_scratch, template_attrs=plus(conv_transpose2d_attrs),
+   backends=NUMPY_ONLY)  # w.T @ x, added back by kernel offset: conv2d's input gradient
+op("max_pool2d", 1, pool_shape("max_pool2d"), max_pool2d_vjp,
+   attrs={"kernel_size": PAIR, "stride": PAIR_OR_NONE, "padding": PADDING},
+   defaults={"stride": None, "padding": (0, 0)}, positional=("kernel_size", "stride", "padding"),
+   scratches=max_pool2d_scratch, keeps="max_pool2d_argmax", template_attrs=plus(pool_attrs("max_pool2d")),
+   backends=NUMPY_ONLY)
+op("avg_pool2d", 1, pool_shape("avg_pool2d"), avg_pool2d_vjp,
+   attrs={"kernel_size": PAIR, "stride": PAIR_OR_NONE, "padding": PADDING, "count_include_pad": BOOL},
+   defaults={"stride": None, "padding": (0, 0), "count_include_pad": True},
+   positional=("kernel_size", "stride", "padding"), template_attrs=plus(pool_attrs("avg_pool2d")),
+   scratches=lambda shapes, attrs: padded_scratch(pool_window("avg_pool2d", shapes, attrs), shapes[0][0]),
+   backends=NUMPY_ONLY)
+op("adaptive_avg_pool2d", 1, lambda shapes, attrs: adaptive_window(shapes, attrs).out_shape(shapes[0][0]),
+   adaptive_avg_pool2d_vjp, attrs={"output_size": PAIR}, positional=("output_size",),
+   template_attrs=plus(lambda shapes, attrs: pooled(adaptive_window(shapes, attrs), attrs)),
+   backends=NUMPY_ONLY)
+op("reshape", 1, reshape_shape, view_vjp, attrs={"shape": TARGET_SHAPE}, positional=("shape",), inline=True,
+   template_attrs=plus(view_attrs(reshape_shape)))  # a view: x.reshape((N, 64))
+op("flatten", 1, flatten_shape, view_vjp, attrs={"start_dim": ONE_AXIS}, defaults={"start_dim": 1},
+   positional=("start_dim",), inline=True, template_attrs=plus(view_attrs(flatten_shape)))
+
+# Adjoint-only ops.
+GEOMETRY = {"kernel": tuple, "stride": tuple, "padding": tuple, "dilation": tuple}  # padding: Window.pads
+internal("im2col", 1, im2col_shape, attrs={**GEOMETRY, "groups": int}, template_attrs=plus(window_attrs),
+         scratches=lambda shapes, attrs: padded_scratch(window_attrs(shapes, attrs)["win"], shapes[0][0]),
+         backends=NUMPY_ONLY)  # conv2d's windows of x as columns (N, groups, C / groups * kH * kW, Ho * Wo)
+internal("conv2d_grad_w", 2, attr_shape, attrs={"shape": tuple}, template_attrs=plus(conv_grad_attrs),
+         scratches=conv_grad_w_scratch, backends=NUMPY_ONLY)  # the batch's terms of dw, then their sum
+internal("conv2d_grad_cols", 2, lambda shapes, attrs: (shapes[0][0], attrs["groups"], math.prod(shapes[1][1:]),
+         math.prod(shapes[0][2:])), attrs={"groups": int}, template_attrs=plus(conv_grad_attrs), backends=NUMPY_ONLY)
+internal("col2im", 1, col2im_shape, attrs={**GEOMETRY, "groups": int, "x": tuple}, template_attrs=plus(window_attrs),
+         scratches=lambda shapes, attrs: padded_scratch(window_attrs(shapes, attrs)["win"], shapes[0][0]),
+         backends=NUMPY_ONLY)
+internal("max_pool2d_argmax", 1, lambda shapes, attrs: internal_window(attrs, attrs["x"]).out_shape(shapes[0][0]),
+         attrs={**GEOMETRY, "x": tuple}, dtype="int64", template_attrs=plus(window_attrs), backends=NUMPY_ONLY)
+internal("max_pool2d_grad", 2, lambda shapes, attrs: (shapes[0][0], *attrs["x"]), attrs={**GEOMETRY, "x": tuple},
+         template_attrs=plus(window_attrs), backends=NUMPY_ONLY,
+         scratches=lambda shapes, attrs: [(shapes[0], "bool_")] + padded_scratch(
+             internal_window(attrs, attrs["x"]), shapes[0][0]))  # a mask per kernel offset, padded dx
+internal("avg_pool2d_grad", 1, lambda shapes, attrs: (shapes[0][0], *attrs["x"]),
+         attrs={**GEOMETRY, "x": tuple, "count_include_pad": bool}, template_attrs=plus(pooled_grad_attrs),
+         backends=NUMPY_ONLY, scratches=lambda shapes, attrs: [(shapes[0], None)] + padded_scratch(
+             internal_window(attrs, attrs["x"]), shapes[0][0]))  # dy over each window's count, padded dx
+

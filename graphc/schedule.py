@@ -246,7 +246,8 @@ class Planner:
         first = tuple(graph.nodes[args[0]]["shape"]) if args else ()
         if v in self.keeps and first != ():  # its first temporary is the kept value's buffer
             e = self.keeps[v]
-            scratch = self.where[e] = self.pool.take(tuple(self.A.nodes[e]["shape"]), dtype, e)
+            scratch = self.where[e] = self.pool.take(tuple(self.A.nodes[e]["shape"]), self.A.nodes[e]["dtype"],
+                                                    e)
             self.kept[e] = v
             if op.scratches is not None:
                 scratch = (scratch, *temporaries(self.pool, graph, v, dtype, start=1))
@@ -283,6 +284,7 @@ def kept_values(G: nx.DiGraph, A: nx.DiGraph) -> dict:
     for e in A:
         v = A.nodes[e].get("via")
         if v in G and G.nodes[v]["op"] in OPS and OPS[G.nodes[v]["op"]].keeps == A.nodes[e]["op"] \
-                and operands(A, e) == operands(G, v)[:len(operands(A, e))]:
+                and [value_of(A, u) for u in operands(A, e)] == [value_of(G, u) for u in operands(G, v)][
+                    :len(operands(A, e))]:  # the same values, seen through the same views
             keeps[v] = e
     return keeps

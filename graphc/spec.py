@@ -18,7 +18,7 @@ from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
 from .ops import OPS
 from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
-from .ops import as_float
+from .ops import OPS, as_float
 from .training import DEFAULT_ITERATIONS
 
 SECTIONS = {"name", "inputs", "params", "nodes", "train", "dims", "params_file"}
@@ -330,11 +330,12 @@ class Expression:
                           f"this calls {type(node.func).__name__} expression")
             if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
                 self.fail("* and ** arguments are not allowed")
-            given = [k.arg for k in node.keywords]
+            given = [k.arg for k in node.keywords] + [key for key, _ in self.positional(node)]
             for key in given:
                 if given.count(key) > 1:
                     self.fail(f"attribute {key}= is given twice")
-            return list(node.args)
+            op = OPS[node.func.id]
+            return list(node.args[:op.arity] if op.positional else node.args)
         if isinstance(node, (ast.Name, ast.Constant)):
             return []
         self.fail(f"{type(node).__name__} expressions are not allowed: use names, numbers, + - * / @ and op calls")
@@ -362,11 +363,24 @@ class Expression:
             return self.apply("neg", [x], {}, name)
         if isinstance(node, ast.BinOp):
             return self.apply(OPERATORS[type(node.op)], args, {}, name)
-        attrs = {kw.arg: self.literal(kw) for kw in node.keywords}
+        attrs = {kw.arg: self.literal(kw.value, kw.arg) for kw in node.keywords}
+        attrs.update((key, self.literal(value, key)) for key, value in self.positional(node))
         return self.apply(node.func.id, args, attrs, name)
 
-    def literal(self, kw):
-        """An attribute's value: a number (``-1`` too), a string, True/False, None or a tuple of ints."""
+    def positional(self, call) -> list:
+        """(attr, value node) of the attributes an op takes by position after its operands: max_pool2d(x, 2)."""
+        op = OPS[call.func.id]
+        if not op.positional:
+            return []
+        extra = call.args[op.arity:]
+        if len(extra) > len(op.positional):
+            self.fail(f"{op.name} takes {op.arity} operand{'s' * (op.arity != 1)} and then at most "
+                      f"{', '.join(op.positional)} by position, got {len(call.args)} arguments")
+        return list(zip(op.positional, extra))
+
+    def literal(self, value, key):
+        """An attribute's value: a number (``-1`` too), a string, True/False, None or a tuple of ints and dimension
+        names (``(N, -1)``: a bare name in a tuple is a dimension's name)."""
         def scalar(node):
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
                     and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
@@ -376,15 +390,16 @@ class Expression:
             raise ValueError
 
         try:
-            if isinstance(kw.value, ast.Tuple):
-                items = tuple(scalar(e) for e in kw.value.elts)
-                if all(type(i) is int for i in items):
+            if isinstance(value, ast.Tuple):
+                items = tuple(e.id if isinstance(e, ast.Name) else scalar(e) for e in value.elts)
+                if all(type(i) in (int, str) for i in items) and not any(
+                        isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts):
                     return items
                 raise ValueError
-            return scalar(kw.value)
+            return scalar(value)
         except ValueError:
-            self.fail(f"attribute {kw.arg}= must be a literal: a number, a string, True, False, None "
-                      "or a tuple of ints")
+            self.fail(f"attribute {key}= must be a literal: a number, a string, True, False, None "
+                      "or a tuple of ints and dimension names")
 
     def number(self, value):
         if value is None:

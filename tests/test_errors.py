@@ -123,10 +123,10 @@ SPEC_ERRORS = {
         text=spec('pred = "leaky_relu(X @ W, negative_slope=\'steep\')"\nloss = "mse(pred, y)"')),
     "attribute a list": Case(
         SpecError, "node 'loss': attribute axis= must be a literal: a number, a string, True, False, None or a tuple "
-        "of ints", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=[0, 1])"')),
+        "of ints and dimension names", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=[0, 1])"')),
     "attribute a tuple of floats": Case(
         SpecError, "node 'loss': attribute axis= must be a literal: a number, a string, True, False, None or a "
-        "tuple of ints", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=(0, 1.0))"')),
+        "tuple of ints and dimension names", node="loss", text=spec('pred = "X @ W"\nloss = "sum(pred, axis=(0, 1.0))"')),
     "cross_entropy reduction": Case(
         GraphError, "node 'loss': cross_entropy attribute reduction='none' is not one of 'mean', 'sum'", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y, reduction=\'none\')"')),
