@@ -284,6 +284,10 @@ def fill_template(shapes, attrs, dtype, into):
     return {**attrs, "dtype": dtype, "shape": fmt(attrs["shape"])}
 
 
+def broadcast_template(shapes, attrs, dtype, into):  # a scalar g (1 / N: a Python number) fills a new array
+    return {**attrs, "scalar": len(shapes[0]) == 0, "dtype": dtype}
+
+
 def mse_template(shapes, attrs, dtype, into):  # the workspace form divides by the run-time number of elements
     return {**attrs, "size": size_text(shapes[0])} if into else attrs
 
@@ -459,7 +463,8 @@ internal("log_softmax_grad", 2, same_shape, attrs={"axis": int}, inplace=(1,),
 internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indices": bool}, inplace=(1,),
          scratches=cross_entropy_grad_scratch)  # (softmax - target) * scale, from the softmax
 internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
-internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # a reduction's gradient
+internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
+         template_attrs=broadcast_template)  # a reduction's gradient
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
          template_attrs=sum_to_template)  # unbroadcast g back to ``shape``
 internal("accumulate", None, same_shape, inplace=True,

@@ -37,6 +37,17 @@ def _wrap(fn):
     return call
 
 
+def _device_only(fn):
+    """CuPy's functions that are array methods underneath (``cupy.sum(a)`` is ``a.sum()``) take a CuPy array, not
+    a Python number, and give one, a 0-d one for a full reduction (NumPy gives a scalar)."""
+    def call(a, *args, **kw):
+        if not isinstance(a, ndarray):
+            raise TypeError(f"cupy.{fn.__name__}: {type(a).__name__} is not a cupy.ndarray")
+        result = fn(a, *args, **kw)
+        return result if kw.get("out") is not None else np.asarray(result).view(ndarray)
+    return call
+
+
 # ---- the C subset of graphc's kernels, translated to NumPy ------------------------------------------------------
 
 _TOKEN = re.compile(r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?|\.\d+)|([A-Za-z_]\w*)|(>=|<=|==|!=|[-+*/()?:<>,]))")
@@ -176,13 +187,15 @@ def module() -> types.ModuleType:
     """A fresh ``cupy`` module object."""
     cp = types.ModuleType("cupy", __doc__)
     for name in ("matmul", "add", "subtract", "multiply", "divide", "negative", "maximum", "minimum", "greater",
-                 "exp", "log", "tanh", "sqrt", "logaddexp", "abs", "log1p", "isfinite", "sum", "max", "mean",
-                 "vdot", "cumsum", "take", "put", "take_along_axis", "expand_dims", "broadcast_to", "where",
+                 "exp", "log", "tanh", "sqrt", "logaddexp", "abs", "log1p", "isfinite", "vdot", "put", "where",
                  "copyto", "shape"):
         setattr(cp, name, getattr(np, name))
-    for name in ("power", "clip", "equal", "greater_equal", "less_equal", "concatenate", "min", "var", "finfo",
+    for name in ("power", "clip", "equal", "greater_equal", "less_equal", "concatenate", "finfo",
                  "bool_"):  # section 15's ops (tests/test_seq_ops.py); each is CuPy's too
         setattr(cp, name, getattr(np, name))
+    for name in ("sum", "max", "min", "mean", "var", "cumsum", "take", "take_along_axis", "expand_dims",
+                 "broadcast_to"):
+        setattr(cp, name, _device_only(getattr(np, name)))
     for name in ("full", "zeros_like", "empty", "empty_like", "arange", "zeros", "ones"):
         setattr(cp, name, _wrap(getattr(np, name)))
     cp.ndarray, cp.asarray, cp.asnumpy, cp.ElementwiseKernel = ndarray, asarray, asnumpy, ElementwiseKernel

@@ -162,6 +162,21 @@ def test_fit_checkpoints_and_apply_gradients_agree_with_the_numpy_module(monkeyp
         np.testing.assert_allclose(loaded[name], host.params[name], rtol=1e-10, atol=1e-12)
 
 
+def test_pure_functions_of_a_mean_loss_agree_with_the_numpy_module(monkeypatch):
+    """A mean's gradient is a Python number (1 / (N * 4)) spread over an array: CuPy's broadcast_to takes device
+    arrays only (found on a real GPU), so the pure value_and_grad fills a new array with it."""
+    g = gc.Graph("mean_loss")
+    X, W = g.input("X", ("N", 6)), g.param("W", (6, 4), scale=0.5)
+    loss = gc.mean(gc.tanh(X @ W), name="loss")
+    numpy_mod, cupy_mod, cp = both(g, loss, monkeypatch)
+    X = batch(5)[0]
+    value, grads = numpy_mod.value_and_grad(numpy_mod.init_params(1), X)
+    device_value, device_grads = cupy_mod.value_and_grad(cupy_mod.init_params(1), cp.asarray(X))
+    np.testing.assert_allclose(float(device_value), value, rtol=1e-12)
+    assert isinstance(device_grads["W"], cp.ndarray)
+    np.testing.assert_allclose(cp.asnumpy(device_grads["W"]), grads["W"], rtol=1e-12)
+
+
 def test_the_cli_writes_a_cupy_module(root, tmp_path):
     out = tmp_path / "m.py"
     result = subprocess.run([sys.executable, "-m", "graphc", "compile", "examples/two_layer.toml", "--backend", "cupy",
