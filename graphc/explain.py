@@ -24,7 +24,7 @@ import numpy as np
 
 from . import optim
 from .codegen import Renderer, classes_of, compiler_name, compiler_names
-from .errors import CommandError
+from .errors import CommandError, GraphcError
 from .files import write_atomic
 from .graph import INT_DTYPES, concrete, describe, operands, topo_order
 from .ops import OPS
@@ -62,12 +62,12 @@ class Lines:
     """Turns nodes of the forward graph and the adjoint graph of ``module`` into ``Line``s."""
 
     def __init__(self, module):
-        self.G, self.A = module.graph, module.adjoint
-        self.loss = self.A.graph["loss"]
+        self.G, self.A = module.graph, module.adjoint  # no adjoint graph without a loss: the forward lines only
+        self.loss = self.A.graph["loss"] if self.A is not None else None
         self.graphs = {"forward": self.G, "backward": self.A}
-        self.render = Renderer(self.G, self.A, compiler_names(set(self.G) | set(self.A))["np"])
+        self.render = Renderer(self.G, self.A, compiler_names(set(self.G) | set(self.A or ()))["np"])
         self.order = {v: i for i, v in enumerate(topo_order(self.G))}
-        self.upstream = nx.ancestors(self.G, self.loss) | {self.loss}
+        self.upstream = nx.ancestors(self.G, self.loss) | {self.loss} if self.loss is not None else set()
 
     def reads(self, key: str, v) -> list:
         """The variables node ``v`` reads: its operands, looking through inline views (``h.T``) and constants."""
@@ -152,7 +152,7 @@ def forward_text(module) -> str:
     params = [f"{p}{fmt_shape(G.nodes[p]['shape'])} {init_text(G.nodes[p])}" for p in ls.leaves(order, "param")]
     return "\n".join([
         f"# {module.name}: the forward graph, in execution order ({G.graph['dtype']})",
-        f"# loss: {ls.loss}; outputs: {', '.join(outputs) or 'none'}; shapes in [ ] ([] is a scalar)",
+        f"# loss: {ls.loss or 'none'}; outputs: {', '.join(outputs) or 'none'}; shapes in [ ] ([] is a scalar)",
         f"# inputs: {leaf_list(G, ls.leaves(order, 'input'))}",
         f"# params: {', '.join(params) or 'none'}",
         *aligned(lines),
@@ -423,6 +423,9 @@ def check_format(view: str, fmt: str) -> None:
 def show(module, view: str = "forward", fmt: str = "text") -> str:
     """``view`` of a compiled module as text, JSON or DOT; for an image format, the DOT to give ``render_image``."""
     check_format(view, fmt)
+    if module.adjoint is None and view != "forward":
+        raise GraphcError(f"the graph has no [train] loss, so no training step to show ({view_flag(view)}): "
+                          "only the forward view")
     return VIEWS[view].formats["dot" if fmt in IMAGES else fmt](module)
 
 

@@ -236,6 +236,30 @@ def test_bad_spec_is_one_line_exit_2(root, capsys):
     assert err.count("\n") == 1
 
 
+INFERENCE_ONLY = """
+[inputs]
+X = [4, 3]
+[params]
+W = { shape = [3, 2], init = "randn" }
+[nodes]
+pred = "tanh(X @ W)"
+[train]
+outputs = ["pred"]
+"""
+
+
+@pytest.mark.parametrize("flag", ["--backward", "--saved", "--memory"])
+def test_a_graph_without_a_loss_shows_its_forward_graph_and_refuses_the_training_views(flag, tmp_path, capsys):
+    spec = tmp_path / "infer.toml"
+    spec.write_text(INFERENCE_ONLY)
+    assert main(["show", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "# loss: none; outputs: pred;" in out and "pred[4,2] = np.tanh(pred_matmul)  # an output" in out
+    assert main(["show", str(spec), flag]) == 2
+    assert capsys.readouterr() == ("", f"graphc: error: {spec}: the graph has no [train] loss, so no training step "
+                                       f"to show ({flag}): only the forward view\n")
+
+
 def test_saved_and_backward_are_exclusive(root, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["show", "examples/two_layer.toml", "--saved", "--backward"])
