@@ -356,8 +356,8 @@ def test_unsupported_forms_of_supported_ops_are_one_line_errors():
     cases = [
         (make_model([helper.make_node("MatMul", ["x", "x"], ["y"])], [vi("x", [2, 2, 2])], [vi("y", [2, 2, 2])]),
          "MatMul of 3-D and 3-D values"),
-        (make_model([helper.make_node("Flatten", ["x"], ["y"], axis=0)], [vi("x", [2, 3])], [vi("y", [1, 6])]),
-         "Flatten of a 2-D value with axis=0"),
+        (make_model([helper.make_node("Flatten", ["x"], ["y"], axis=2)], [vi("x", ["N", 2, 3])], [vi("y", [None, 3])]),
+         "Flatten of a 3-D value ('N', 2, 3) with axis=2"),
         (make_model([helper.make_node("Add", ["x", "x"], ["y"])], [vi("x", [2], TensorProto.INT64)],
                     [vi("y", [2], TensorProto.INT64)]), "input 'x' has element type INT64"),
     ]
