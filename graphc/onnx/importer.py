@@ -299,6 +299,11 @@ class Importer:
             return np.asarray(x, self.dtype)
         return x if isinstance(x, np.ndarray) else None
 
+    def is_weight(self, name: str) -> bool:
+        """A float initializer that is not a scalar: a param, which training changes, so never folded away."""
+        tensor = self.initializers.get(name)
+        return tensor is not None and tensor.data_type in FLOAT_TYPES and len(tensor.dims) > 0
+
     def constant(self, array, name: str):
         """A constant array as a graph value: a param (float, rank >= 1), a scalar constant or ints (axes)."""
         if is_symbolic(array) or array.dtype.kind == "b":
@@ -366,8 +371,8 @@ class Importer:
     # -- nodes --
     def translate(self, node) -> None:
         arrays = {x: self.known(x) for x in node.input if x}
-        if all(a is not None for a in arrays.values()):  # constants in, constants out: evaluated once, now
-            self.fold(node, arrays)
+        if all(a is not None for a in arrays.values()) and not any(map(self.is_weight, arrays)):
+            self.fold(node, arrays)  # constants in, constants out: evaluated once, now
             return
         if node.op_type not in CONVERTERS:  # model.py has refused the nodes of other domains
             raise GraphError(f"unsupported op {node.op_type} (graphc imports {', '.join(CONVERTERS)})")
@@ -656,21 +661,18 @@ def dropout(imp, node):
     return imp.value(names[0])
 
 
-def float_type(imp, elem, what: str) -> None:
-    if elem not in FLOAT_TYPES:
-        raise GraphError(f"{what} to {imp.type_name(elem)}: graphc computes in {imp.dtype}")
-
-
 @converter("Cast")
 def cast(imp, node):
-    float_type(imp, imp.attr("to"), "Cast")
+    to = imp.attr("to")
+    if FLOAT_TYPES.get(to) != imp.dtype:
+        raise GraphError(f"Cast to {imp.type_name(to)}: graphc computes in {imp.dtype}, and casts only to it")
     return imp.tensor(node.input[0])
 
 
 @converter("CastLike")
 def cast_like(imp, node):
     like = imp.known(node.input[1])  # a constant: its element type; a computed value is of the graph's type
-    if like is not None and (is_symbolic(like) or like.dtype not in (np.float32, np.float64)):
+    if like is not None and (is_symbolic(like) or like.dtype != imp.dtype):
         raise GraphError(f"CastLike to {'int64' if is_symbolic(like) else like.dtype}: graphc computes in "
                          f"{imp.dtype}")
     return imp.tensor(node.input[0])
@@ -828,21 +830,18 @@ def as_image(imp, x):
 
 
 def transpose_padding(imp, geo, kernel):
-    """ConvTranspose's pads (from output_shape when given) as graphc's padding and output_padding."""
+    """ConvTranspose's pads (from output_shape or auto_pad when given) as graphc's padding and output_padding."""
     n = len(kernel)
     extra = [int(v) for v in imp.attr("output_padding", [0] * n)]
-    shape = imp.attr("output_shape")
-    if shape is not None:
-        shape = [int(v) for v in shape][-n:]
+    shape, auto = imp.attr("output_shape"), imp.attr("auto_pad", "NOTSET")
+    if shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = [int(v) for v in shape][-n:] if shape is not None else [i * s for i, s in zip(geo["sizes"],
+                                                                                              geo["strides"])]
         totals = [s * (i - 1) + e + (k - 1) * d + 1 - o for s, i, e, k, d, o in
-                  zip(geo["strides"], geo["sizes"], extra, kernel, geo["dilations"], shape)]
-        geo["before"] = [t - t // 2 for t in totals]
-        geo["after"] = [t // 2 for t in totals]
-    elif imp.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        totals = [s * (i - 1) + e + (k - 1) * d + 1 - i * s for s, i, e, k, d in
-                  zip(geo["strides"], geo["sizes"], extra, kernel, geo["dilations"])]
-        geo["before"] = [t - t // 2 for t in totals]
-        geo["after"] = [t // 2 for t in totals]
+                  zip(geo["strides"], geo["sizes"], extra, kernel, geo["dilations"], out)]
+        upper = auto == "SAME_UPPER"  # the odd element of padding after; else before (ONNX)
+        geo["before"] = [t // 2 if upper else t - t // 2 for t in totals]
+        geo["after"] = [t - b for t, b in zip(totals, geo["before"])]
     # fewer pads after than before is more output: output_padding, which must stay below the stride
     padding = geo["before"]
     extra = [e + b - a for e, b, a in zip(extra, geo["before"], geo["after"])]
