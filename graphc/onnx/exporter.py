@@ -340,6 +340,34 @@ def layer_norm(ex, v, args, attrs):
     ex.node("LayerNormalization", [x, *rest], v, axis=-1, epsilon=float(attrs["eps"]))
 
 
+@exporter("rms_norm")
+def rms_norm(ex, v, args, attrs):
+    """x / sqrt(mean(x * x over the last axis) + eps) (* weight): opset 17 has no RMSNormalization."""
+    x, rest = args[0], list(args[1:])
+    eps = attrs["eps"] if attrs["eps"] is not None else float(np.finfo(ex.dtype).eps)
+    square = ex.node("Mul", [x, x], ex.fresh(f"{v}_sq"))
+    mean = ex.node("ReduceMean", [square], ex.fresh(f"{v}_ms"), axes=[-1], keepdims=1)
+    root = ex.node("Sqrt", [ex.node("Add", [mean, ex.scalar(eps, f"{v}_eps")], ex.fresh(f"{v}_var"))],
+                   ex.fresh(f"{v}_rms"))
+    if not rest:
+        ex.node("Div", [x, root], v)
+        return
+    ex.node("Mul", [ex.node("Div", [x, root], ex.fresh(f"{v}_normalized")), rest[0]], v)
+
+
+@exporter("silu")
+def silu(ex, v, args, attrs):
+    ex.node("Mul", [args[0], ex.node("Sigmoid", args, ex.fresh(f"{v}_sigmoid"))], v)
+
+
+@exporter("softplus")
+def softplus(ex, v, args, attrs):
+    """torch's softplus (beta 1, threshold 20): x itself past 20, where log(1 + exp(x)) is x in floating point."""
+    soft = ex.node("Softplus", args, ex.fresh(f"{v}_soft"))
+    above = ex.node("Greater", [args[0], ex.scalar(20.0, f"{v}_threshold")], ex.fresh(f"{v}_above"))
+    ex.node("Where", [above, args[0], soft], v)
+
+
 def extreme(ex, op_type, v, args, attrs):
     axes = ex.axes(attrs)
     extra = {} if axes is None else {"axes": axes}
