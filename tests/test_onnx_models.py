@@ -1,9 +1,10 @@
 """Real models through ``graphc import`` (DESIGN section 16): small PyTorch networks of sections 14 and 15 (LeNet-5, a
 ResNet basic-block stack, a depthwise-separable block, a Conv1d text classifier, a conv autoencoder, an MLP with
 GELU and LayerNorm, and one of concat, slice, pow, sqrt, clamp and min/max), exported here with
-``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, dynamic batch ``N``; the dynamo exporter needs
-onnxscript, which the test extra does not install), imported and compiled with the real commands, and ``predict``
-equal to torch at batch sizes 1, 3 and 64. Each model is exported once per module (a module-scope fixture); BatchNorm
+``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, dynamic batch ``N``), imported and compiled with
+the real commands, and ``predict`` equal to torch at batch sizes 1, 3 and 64. The dynamo exporter needs onnxscript,
+which the test extra does not install: its exports of the same models are stored in tests/onnx/dynamo/ with
+PyTorch's outputs (tests/make_onnx_fixtures.py). Each model is exported once per module (a module-scope fixture); BatchNorm
 is folded into the convolutions by exporting in evaluation mode. Then the imported spec goes back out with
 ``graphc export`` and onnxruntime computes what ``predict`` computes.
 """
@@ -222,6 +223,23 @@ def test_shape_arithmetic_folds_and_the_batch_stays_named(exported, imported):
     assert "gelu(" in imported("gelu_mlp")[0].read_text() and "layer_norm(" in imported("gelu_mlp")[0].read_text()
     assert "erf(" in imported("gelu_mlp_opset17")[0].read_text()
     assert "sqrt(" in imported("gelu_mlp_opset13")[0].read_text()
+
+
+DYNAMO = Path(__file__).parent / "onnx" / "dynamo"  # made by tests/make_onnx_fixtures.py (dynamo_models)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in DYNAMO.glob("*.onnx")))
+def test_dynamo_exports_predict_what_torch_computed(name, tmp_path):
+    """The same models from the dynamo exporter (opset 18, stored: it needs onnxscript), with PyTorch's outputs."""
+    spec, module = tmp_path / f"{name}.toml", tmp_path / f"{name}.py"
+    assert main(["import", str(DYNAMO / f"{name}.onnx"), "-o", str(spec)]) == 0
+    assert main(["compile", str(spec), "-o", str(module)]) == 0
+    mod = load_module(module)
+    params = mod.init_params()
+    with np.load(DYNAMO / f"{name}.npz") as want:
+        for n in BATCHES:
+            np.testing.assert_allclose(mod.predict(params, inputs(name, n)), want[f"y_{n}"], rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} at batch {n}")
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet_stack", "depthwise_separable", "text_conv1d", "autoencoder",
