@@ -143,16 +143,19 @@ beta = { shape = [6], init = "randn" }
 c = "relu(conv2d(X, w1, b1, padding='same'))"
 d = "conv2d(c, wd, stride=2, padding=1, groups=4, dilation=1)"
 t = "conv_transpose2d(d, wt, stride=2, padding=1, output_padding=1)"
-pools = "concat(flatten(max_pool2d(c, 2)), flatten(avg_pool2d(c, 3, 2, 1, count_include_pad=False)), flatten(adaptive_avg_pool2d(c, (2, 2))), axis=1)"
+pooled = "avg_pool2d(c, 3, 2, 1, count_include_pad=False)"
+pools = "concat(flatten(max_pool2d(c, 2)), flatten(pooled), flatten(adaptive_avg_pool2d(c, (2, 2))), axis=1)"
 views = "reshape(flatten(t, 2), (N, 2, -1)) + reshape(reshape(t, (2, N, 64)), (N, 2, 64))"
 swap = "reshape(Z, (M, N)) * 2.0"
-seq = "max(gelu(conv1d(S, w1d, padding='same', dilation=2)), axis=2) + min(sqrt(pow(conv1d(S, w1d, stride=2), 2.0) + 1.0), axis=2, keepdims=False)"
-norm = "clip(layer_norm(F, g, beta, eps=0.001), -1.0, 1.5) + layer_norm(gelu(F, approximate='tanh')) + clip(erf(F), min=0.0)"
+top = "max(gelu(conv1d(S, w1d, padding='same', dilation=2)), axis=2)"
+seq = "top + min(sqrt(pow(conv1d(S, w1d, stride=2), 2.0) + 1.0), axis=2, keepdims=False)"
+norm = "clip(layer_norm(F, g, beta, eps=0.001), -1.0, 1.5) + layer_norm(gelu(F, approximate='tanh'))"
+norm2 = "norm + clip(erf(F), min=0.0)"
 cut = "slice(slice(F, axis=1, start=4, stop=0, step=-2), axis=1, start=1) + slice(F, start=-1, step=-3)"
 rest = "rms_norm(silu(F), g) + rms_norm(softplus(F * 15.0), eps=0.01)"
 
 [train]
-outputs = ["pools", "views", "swap", "seq", "norm", "cut", "rest"]
+outputs = ["pools", "views", "swap", "seq", "norm2", "cut", "rest"]
 dtype = "float32"
 """
 

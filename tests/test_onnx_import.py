@@ -454,7 +454,9 @@ def shape_arithmetic_model(tail=()):
     """y = reshape(x, (N, C*H*W)) the way PyTorch's exporters write it, from x's Shape: the batch passes through
     Gather/Unsqueeze/Concat, the rest is ReduceProd of a Slice; plus a factor from Range, ConstantOfShape, Expand,
     Mod and Cast of constants only."""
-    C = lambda name, v: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(v)))  # noqa: E731
+    def C(name, v):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(v)))
+
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
         C("zero", np.int64(0)), C("one", np.array([1], np.int64)), C("big", np.array([99], np.int64)),
@@ -467,7 +469,8 @@ def shape_arithmetic_model(tail=()):
         helper.make_node("Reshape", ["x", "target"], ["flat"]),
         C("three", np.array([3], np.int64)), C("start", np.int64(1)), C("stop", np.int64(4)), C("step", np.int64(1)),
         helper.make_node("Range", ["start", "stop", "step"], ["r"]),  # [1, 2, 3]
-        helper.make_node("ConstantOfShape", ["three"], ["ones"], value=numpy_helper.from_array(np.array([2], np.int64))),
+        helper.make_node("ConstantOfShape", ["three"], ["ones"],
+                         value=numpy_helper.from_array(np.array([2], np.int64))),
         helper.make_node("Mod", ["r", "ones"], ["m"]),  # [1, 0, 1]
         helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
         C("shape24", np.array([8, 3], np.int64)),
@@ -552,3 +555,14 @@ def test_pooling_slicing_and_identities():
                         init("sp", np.array([-2], np.int64)), init("un", np.array([1], np.int64))])
     x = np.random.default_rng(6).standard_normal((2, 4, 8, 8)).astype(np.float32)
     check_against_reference(model, {"x": x})
+
+
+def test_a_huge_folded_constant_is_refused_before_it_is_made():
+    one = numpy_helper.from_array(np.array([1.0], np.float32))
+    nodes = [helper.make_node("ConstantOfShape", ["big"], ["c"], value=one),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    model = make_model(nodes, [vi("x", [2])], [vi("y", [2])], [init("big", np.array([1 << 40], np.int64))])
+    with pytest.raises(gc.GraphcError) as err:
+        gc.from_onnx(model)
+    assert "ConstantOfShape would make a constant of 1099511627776 elements: graphc folds at most 16777216" in str(
+        err.value)

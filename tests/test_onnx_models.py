@@ -4,9 +4,9 @@ GELU and LayerNorm, and one of concat, slice, pow, sqrt, clamp and min/max), exp
 ``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, dynamic batch ``N``), imported and compiled with
 the real commands, and ``predict`` equal to torch at batch sizes 1, 3 and 64. The dynamo exporter needs onnxscript,
 which the test extra does not install: its exports of the same models are stored in tests/onnx/dynamo/ with
-PyTorch's outputs (tests/make_onnx_fixtures.py). Each model is exported once per module (a module-scope fixture); BatchNorm
-is folded into the convolutions by exporting in evaluation mode. Then the imported spec goes back out with
-``graphc export`` and onnxruntime computes what ``predict`` computes.
+PyTorch's outputs (tests/make_onnx_fixtures.py). Each model is exported once per module (a module-scope
+fixture); BatchNorm is folded into the convolutions by exporting in evaluation mode. Then the imported spec goes
+back out with ``graphc export`` and onnxruntime computes what ``predict`` computes.
 """
 
 from __future__ import annotations

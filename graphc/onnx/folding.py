@@ -10,6 +10,8 @@ dimension graphc can name: a one-line error. So are the ops that would size an a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import GraphError
@@ -17,6 +19,7 @@ from .model import first_line
 
 SENTINEL = (1 << 40) + 7  # the first name's stand-in; the k-th is SENTINEL + k * STEP
 STEP = 1_000_003
+MOST = 1 << 24  # the most elements a folded constant may have (16M)
 DERIVED = 1 << 36  # a value this large that is no sentinel was computed from a named dimension
 SIZED_BY = {"ConstantOfShape": (0,), "Range": (0, 1, 2), "Expand": (1,), "Tile": (1,), "Reshape": (1,),
             "Resize": (1, 2, 3), "Pad": (1,), "Upsample": (1,)}  # the operands that size the result
@@ -50,6 +53,9 @@ def evaluate(node, arrays: dict, opset: int) -> list:
             raise GraphError(f"{node.op_type} sized by the named dimension {dim}: its size is known only at run "
                              "time, and graphc folds shape arithmetic at import")
     feeds = {k: encode(a, codes) for k, a in arrays.items()}
+    size = made_size(node, feeds)
+    if size > MOST:
+        raise GraphError(f"{node.op_type} would make a constant of {size} elements: graphc folds at most {MOST}")
     try:
         outs = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
     except GraphError:
@@ -58,6 +64,26 @@ def evaluate(node, arrays: dict, opset: int) -> list:
         raise GraphError(f"cannot evaluate it on its constant inputs: {first_line(err)}") from None
     back = {code: name for name, code in codes.items()}
     return [decode(np.asarray(o), back, node) if o is not None else None for o in outs]
+
+
+def made_size(node, feeds: dict) -> int:
+    """How many elements the ops that make arrays from sizes would make (checked before they run: a hostile
+    ConstantOfShape would fill the memory); 0 for the others, whose results are no larger than their inputs'."""
+    def operand(k):
+        return feeds[node.input[k]] if k < len(node.input) and node.input[k] else None
+    try:
+        if node.op_type in ("ConstantOfShape", "Expand"):
+            shape = operand(0 if node.op_type == "ConstantOfShape" else 1)
+            data = operand(0) if node.op_type == "Expand" else np.zeros(())
+            return math.prod(np.broadcast_shapes(tuple(int(d) for d in shape.reshape(-1)), data.shape))
+        if node.op_type == "Tile":
+            return int(operand(0).size * np.prod(operand(1).astype(np.float64)))
+        if node.op_type == "Range":
+            start, limit, delta = (float(operand(k)) for k in range(3))
+            return int(max(0.0, np.ceil((limit - start) / delta))) if delta else 0
+    except (TypeError, ValueError, AttributeError):
+        return 0  # a malformed node: the evaluator says why
+    return 0
 
 
 def encode(array, codes: dict) -> np.ndarray:

@@ -525,7 +525,8 @@ def leaky_relu(imp, node):
     return imp.unary("leaky_relu", negative_slope=float(np.float32(imp.attr("alpha", 0.01))))
 
 
-converter("Sigmoid", "Tanh", "Exp", "Log", "Erf", "Sqrt")(elementwise)  # here, so that the supported list keeps its order
+# here, so that the supported list keeps its order
+converter("Sigmoid", "Tanh", "Exp", "Log", "Erf", "Sqrt")(elementwise)
 
 
 @converter("Softmax")
@@ -587,9 +588,9 @@ def flatten(imp, node):
 
 @converter("Constant")
 def constant(imp, node):
-    """A Constant is folded like every node whose inputs are all constants (Importer.translate)."""
-    imp.fold(node, {})
-    return None
+    """Never called: a Constant, like every node whose inputs are all constants, is folded before its converter is
+    looked up (Importer.translate); registered so that SUPPORTED names it."""
+    raise AssertionError(f"{imp.where()} should have been folded")
 
 
 # ---- the shape of a value, and views: Reshape, Squeeze, Unsqueeze (the shape arithmetic between them folds) ----
