@@ -256,3 +256,35 @@ def test_imported_model_exports_back_and_onnxruntime_agrees(name, imported, tmp_
         x = inputs(name, n)
         (got,) = session.run(None, {"x": x})
         np.testing.assert_allclose(got, mod.predict(params, x), rtol=RTOL, atol=ATOL, err_msg=f"{name} at {n}")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet_stack"])
+def test_gradients_after_adding_a_loss_match_torch(name, exported, imported, tmp_path):
+    """The imported spec's commented loss switched on: value_and_grad equals the gradients of torch's
+    F.cross_entropy with respect to the exported weights (BatchNorm folded: the ResNet's in evaluation form)."""
+    model, _ = exported[name]
+    spec = tmp_path / f"{name}.toml"
+    text = imported(name)[0].read_text()
+    for commented in ["# labels = ", '# loss = "cross_entropy', '# loss = "loss"']:
+        assert commented in text
+        text = text.replace(commented, commented[2:])
+    spec.write_text(text)
+    (tmp_path / f"{name}.npz").write_bytes(imported(name)[0].with_suffix(".npz").read_bytes())
+    module = tmp_path / f"{name}_train.py"
+    assert main(["compile", str(spec), "-o", str(module)]) == 0
+    mod = load_module(module)
+    x = inputs(name, 3)
+    labels = np.array([0, 2, 1])
+    loss, grads = mod.value_and_grad(mod.init_params(), x, labels)
+    if name == "lenet5":  # no BatchNorm: the ONNX weights are torch's parameters
+        torch_loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels))
+        torch_grads = dict(zip([k for k, _ in model.named_parameters()],
+                               torch.autograd.grad(torch_loss, list(model.parameters()))))
+        np.testing.assert_allclose(loss, torch_loss.item(), rtol=1e-5)
+        for k, g in torch_grads.items():
+            np.testing.assert_allclose(grads[k.replace(".", "_")], g.numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
+    else:  # the convolutions' weights are BatchNorm-folded, not torch's parameters: the linear layer's gradient
+        torch_loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels))
+        (g_fc,) = torch.autograd.grad(torch_loss, [model.fc.weight])
+        np.testing.assert_allclose(loss, torch_loss.item(), rtol=1e-5)
+        np.testing.assert_allclose(grads["fc_weight"], g_fc.numpy(), rtol=1e-3, atol=1e-5)
