@@ -566,3 +566,11 @@ def test_a_huge_folded_constant_is_refused_before_it_is_made():
         gc.from_onnx(model)
     assert "ConstantOfShape would make a constant of 1099511627776 elements: graphc folds at most 16777216" in str(
         err.value)
+
+
+def test_random_ops_are_not_folded():
+    """Import is deterministic: a RandomNormal of constant inputs is an unsupported op, not a random constant."""
+    nodes = [helper.make_node("RandomNormal", [], ["r"], shape=[2]), helper.make_node("Add", ["x", "r"], ["y"])]
+    with pytest.raises(gc.GraphcError) as err:
+        gc.from_onnx(make_model(nodes, [vi("x", [2])], [vi("y", [2])]))
+    assert "unsupported op RandomNormal" in str(err.value)

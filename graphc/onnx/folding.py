@@ -21,8 +21,15 @@ SENTINEL = (1 << 40) + 7  # the first name's stand-in; the k-th is SENTINEL + k 
 STEP = 1_000_003
 MOST = 1 << 24  # the most elements a folded constant may have (16M)
 DERIVED = 1 << 36  # a value this large that is no sentinel was computed from a named dimension
+RANDOM = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 SIZED_BY = {"ConstantOfShape": (0,), "Range": (0, 1, 2), "Expand": (1,), "Tile": (1,), "Reshape": (1,),
             "Resize": (1, 2, 3), "Pad": (1,), "Upsample": (1,)}  # the operands that size the result
+
+
+def foldable(node) -> bool:
+    """Whether ``node`` is evaluated at import when its inputs are constants: every op but the random ones (an
+    import is deterministic)."""
+    return node.op_type not in RANDOM
 
 
 def is_symbolic(array) -> bool:

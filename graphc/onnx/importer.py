@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import GraphcError, GraphError, ShapeError, SpecError
 from ..graph import INPUT_RESERVED, Graph, Namer, Tensor
 from ..ops import OPS
-from .folding import evaluate, is_symbolic, shape_array
+from .folding import evaluate, foldable, is_symbolic, shape_array
 from .model import onnx_module, opset_version, read_model
 
 FLOAT_TYPES = {1: "float32", 11: "float64"}  # ONNX TensorProto element types graphc computes in
@@ -371,7 +371,7 @@ class Importer:
     # -- nodes --
     def translate(self, node) -> None:
         arrays = {x: self.known(x) for x in node.input if x}
-        if all(a is not None for a in arrays.values()) and not any(map(self.is_weight, arrays)):
+        if all(a is not None for a in arrays.values()) and not any(map(self.is_weight, arrays)) and foldable(node):
             self.fold(node, arrays)  # constants in, constants out: evaluated once, now
             return
         if node.op_type not in CONVERTERS:  # model.py has refused the nodes of other domains
