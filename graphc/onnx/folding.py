@@ -65,8 +65,6 @@ def evaluate(node, arrays: dict, opset: int) -> list:
         raise GraphError(f"{node.op_type} would make a constant of {size} elements: graphc folds at most {MOST}")
     try:
         outs = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
-    except GraphError:
-        raise
     except Exception as err:  # onnx.reference raises whatever the op's NumPy code raises
         raise GraphError(f"cannot evaluate it on its constant inputs: {first_line(err)}") from None
     back = {code: name for name, code in codes.items()}
