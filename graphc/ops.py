@@ -529,8 +529,8 @@ def clip_vjp(b, v, xs, g):  # g where min <= x <= max, else 0 (torch.clamp's)
 
 NUMPY_ONLY = ("numpy",)
 BOUND = Check(lambda v: v is None or NUMBER.test(v), "a finite number or None", lambda v: v if v is None else float(v))
-op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), backends=NUMPY_ONLY)
-op("sqrt", 1, same_shape, sqrt_vjp, inplace=True)
+op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), backends=NUMPY_ONLY, onnx="Erf")
+op("sqrt", 1, same_shape, sqrt_vjp, inplace=True, onnx="Sqrt")
 op("gelu", 1, same_shape, gelu_vjp, attrs={"approximate": ("none", "tanh")}, defaults={"approximate": "none"},
    scratches=gelu_scratch, helpers=("erf",), backends=NUMPY_ONLY)
 op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)

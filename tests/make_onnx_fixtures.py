@@ -74,7 +74,7 @@ def export(model, args, path, input_names, output_names, dynamo=False, opset=17,
         warnings.simplefilter("ignore")
         if dynamo:
             batch = torch.export.Dim("N", min=1)
-            shapes = {name: {0: batch} for name in input_names}
+            shapes = tuple({0: batch} for _ in input_names)  # by position: nn.Sequential's argument is "input"
             program = torch.onnx.export(model, args, dynamo=True, input_names=input_names,
                                         output_names=output_names, dynamic_shapes=shapes, opset_version=18)
             program.save(str(path))
@@ -154,8 +154,31 @@ def main() -> int:
     arith = Arithmetic().eval()
     export(arith, (torch.zeros(2, 5), torch.zeros(2, 5)), HERE / "arithmetic.onnx", ["x", "y"], ["out"])
     save("arithmetic", reference("arithmetic", arith, 2, 5, 2, ["out"]))
+    dynamo_models()
     print(f"torch {torch.__version__}")
     return 0
+
+
+DYNAMO_MODELS = ("resnet_stack", "depthwise_separable", "text_conv1d", "autoencoder", "gelu_mlp", "mixed")
+
+
+def dynamo_models() -> None:
+    """The models of tests/test_onnx_models.py (which exports them with the TorchScript exporter itself) from the
+    dynamo exporter, which needs onnxscript: ``dynamo/NAME.onnx`` and ``dynamo/NAME.npz``, PyTorch's outputs
+    ``y_<n>`` on that test's inputs at its batch sizes (LeNet-5 left out: its weights alone are 250 KB)."""
+    sys.path.insert(0, str(HERE.parent))
+    import test_onnx_models as t
+
+    (HERE / "dynamo").mkdir(exist_ok=True)
+    for name in DYNAMO_MODELS:
+        make, shape, _ = t.MODELS[name]
+        torch.manual_seed(0)
+        model = make()
+        t.randomize_batch_norms(model)
+        model.eval()
+        export(model, (torch.randn(2, *shape),), HERE / "dynamo" / f"{name}.onnx", ["x"], ["y"], dynamo=True)
+        with torch.no_grad():
+            save(f"dynamo/{name}", {f"y_{n}": model(torch.from_numpy(t.inputs(name, n))).numpy() for n in t.BATCHES})
 
 
 if __name__ == "__main__":

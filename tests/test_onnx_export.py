@@ -117,6 +117,82 @@ def test_every_op_exports_and_evaluates_to_what_predict_computes(tmp_path):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=engine)
 
 
+CONV_SPEC = """
+name = "conv_ops"
+
+[dims]
+N = 4
+M = 3
+
+[inputs]
+X = ["N", 2, 8, 8]
+Z = ["N", "M"]
+S = ["N", 3, 10]
+F = ["N", 6]
+
+[params]
+w1 = { shape = [4, 2, 3, 3], init = "randn", scale = 0.3 }
+b1 = { shape = [4], init = "randn" }
+wd = { shape = [4, 1, 3, 3], init = "randn", scale = 0.3 }
+wt = { shape = [4, 2, 3, 3], init = "randn", scale = 0.3 }
+w1d = { shape = [5, 3, 3], init = "randn", scale = 0.3 }
+g = { shape = [6], init = "randn" }
+beta = { shape = [6], init = "randn" }
+
+[nodes]
+c = "relu(conv2d(X, w1, b1, padding='same'))"
+d = "conv2d(c, wd, stride=2, padding=1, groups=4, dilation=1)"
+t = "conv_transpose2d(d, wt, stride=2, padding=1, output_padding=1)"
+pooled = "avg_pool2d(c, 3, 2, 1, count_include_pad=False)"
+pools = "concat(flatten(max_pool2d(c, 2)), flatten(pooled), flatten(adaptive_avg_pool2d(c, (2, 2))), axis=1)"
+views = "reshape(flatten(t, 2), (N, 2, -1)) + reshape(reshape(t, (2, N, 64)), (N, 2, 64))"
+swap = "reshape(Z, (M, N)) * 2.0"
+top = "max(gelu(conv1d(S, w1d, padding='same', dilation=2)), axis=2)"
+seq = "top + min(sqrt(pow(conv1d(S, w1d, stride=2), 2.0) + 1.0), axis=2, keepdims=False)"
+norm = "clip(layer_norm(F, g, beta, eps=0.001), -1.0, 1.5) + layer_norm(gelu(F, approximate='tanh'))"
+norm2 = "norm + clip(erf(F), min=0.0)"
+cut = "slice(slice(F, axis=1, start=4, stop=0, step=-2), axis=1, start=1) + slice(F, start=-1, step=-3)"
+rest = "rms_norm(silu(F), g) + rms_norm(softplus(F * 15.0), eps=0.01)"
+
+[train]
+outputs = ["pools", "views", "swap", "seq", "norm2", "cut", "rest"]
+dtype = "float32"
+"""
+
+
+def test_conv_and_section_15_ops_export_and_evaluate_to_what_predict_computes(tmp_path):
+    """conv2d ('same', groups, stride), conv_transpose2d, conv1d, the poolings, flatten and reshape with named
+    dimensions (one moved: built from the input's Shape), gelu, pow, sqrt, erf, clip, layer_norm (with and without
+    weight), rms_norm, silu, softplus (past its threshold too), max, min, concat, slice."""
+    spec = tmp_path / "conv_ops.toml"
+    spec.write_text(CONV_SPEC)
+    assert main(["export", str(spec), "-o", str(tmp_path / "conv_ops.onnx")]) == 0
+    model = check_model(tmp_path / "conv_ops.onnx")
+    assert {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Flatten", "Reshape", "Erf", "Pow", "Sqrt", "Clip",
+            "LayerNormalization", "ReduceMax", "ReduceMin", "Concat", "Slice"} <= {n.op_type for n in model.graph.node}
+    mod = compiled(spec)
+    params = mod.init_params(0)
+    for n in (1, 3):
+        rng = np.random.default_rng(n)
+        feeds = {"X": rng.standard_normal((n, 2, 8, 8)), "S": rng.standard_normal((n, 3, 10)),
+                 "F": rng.standard_normal((n, 6)), "Z": rng.standard_normal((n, 3))}
+        feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+        want = as_tuple(mod.predict(params, **feeds))
+        for engine, got in evaluate(tmp_path / "conv_ops.onnx", feeds).items():
+            assert len(got) == 7
+            for a, b in zip(got, want):
+                assert a.shape == b.shape, engine
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=engine)
+    # and back in: the import of the export predicts the same (but for softplus's Where, which import lacks)
+    (tmp_path / "again").mkdir()
+    spec.write_text(CONV_SPEC.replace('"cut", "rest"]', '"cut"]'))
+    assert main(["export", str(spec), "-o", str(tmp_path / "again" / "m.onnx")]) == 0
+    assert main(["import", str(tmp_path / "again" / "m.onnx"), "-o", str(tmp_path / "again" / "m.toml")]) == 0
+    again = compiled(tmp_path / "again" / "m.toml")
+    for a, b in zip(as_tuple(again.predict(again.init_params(), **feeds)), want[:-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_losses_export_too(tmp_path):
     """mse, cross_entropy (class indices and probabilities) and binary_cross_entropy_with_logits as outputs."""
     spec = tmp_path / "losses.toml"

@@ -195,13 +195,19 @@ def init(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def check_against_reference(model, feeds: dict, dims=None, rtol=1e-5):
-    """Compile the imported model and compare predict with onnx.reference on ``feeds``."""
+def check_against_reference(model, feeds: dict, dims=None, rtol=1e-5, engine="reference"):
+    """Compile the imported model and compare predict with onnx.reference (or onnxruntime) on ``feeds``."""
     imported = importer.import_model(model, dims)
     mod = gc.compile(imported.graph, outputs=imported.outputs, init_values=imported.values,
                      dims={d: 2 for v in imported.graph.inputs for d in imported.graph.nx.nodes[v]["shape"]
                            if isinstance(d, str)}).load()
-    want = ReferenceEvaluator(model).run(None, feeds)
+    if engine == "onnxruntime":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        want = session.run(None, feeds)
+    else:
+        want = ReferenceEvaluator(model).run(None, feeds)
     got = as_tuple(mod.predict(mod.init_params(), **{imported.names.ident[k]: v for k, v in feeds.items()}))
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)
@@ -356,8 +362,8 @@ def test_unsupported_forms_of_supported_ops_are_one_line_errors():
     cases = [
         (make_model([helper.make_node("MatMul", ["x", "x"], ["y"])], [vi("x", [2, 2, 2])], [vi("y", [2, 2, 2])]),
          "MatMul of 3-D and 3-D values"),
-        (make_model([helper.make_node("Flatten", ["x"], ["y"], axis=0)], [vi("x", [2, 3])], [vi("y", [1, 6])]),
-         "Flatten of a 2-D value with axis=0"),
+        (make_model([helper.make_node("Flatten", ["x"], ["y"], axis=2)], [vi("x", ["N", 2, 3])], [vi("y", [None, 3])]),
+         "Flatten of a 3-D value ('N', 2, 3) with axis=2"),
         (make_model([helper.make_node("Add", ["x", "x"], ["y"])], [vi("x", [2], TensorProto.INT64)],
                     [vi("y", [2], TensorProto.INT64)]), "input 'x' has element type INT64"),
     ]
@@ -440,3 +446,131 @@ def test_import_is_deterministic(tmp_path):
         assert result.returncode == 0, result.stderr
         outputs.append(((out / "m.toml").read_bytes(), (out / "m.npz").read_bytes()))
     assert outputs[0] == outputs[1]
+
+
+# ---- folding: nodes of constant inputs, and the shape arithmetic around Reshape ------------------------------
+
+def shape_arithmetic_model(tail=()):
+    """y = reshape(x, (N, C*H*W)) the way PyTorch's exporters write it, from x's Shape: the batch passes through
+    Gather/Unsqueeze/Concat, the rest is ReduceProd of a Slice; plus a factor from Range, ConstantOfShape, Expand,
+    Mod and Cast of constants only."""
+    def C(name, v):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(v)))
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        C("zero", np.int64(0)), C("one", np.array([1], np.int64)), C("big", np.array([99], np.int64)),
+        C("ax0", np.array([0], np.int64)),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+        helper.make_node("Slice", ["s", "one", "big"], ["rest"]),
+        helper.make_node("ReduceProd", ["rest"], ["size"], keepdims=1),
+        helper.make_node("Concat", ["n1", "size"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        C("three", np.array([3], np.int64)), C("start", np.int64(1)), C("stop", np.int64(4)), C("step", np.int64(1)),
+        helper.make_node("Range", ["start", "stop", "step"], ["r"]),  # [1, 2, 3]
+        helper.make_node("ConstantOfShape", ["three"], ["ones"],
+                         value=numpy_helper.from_array(np.array([2], np.int64))),
+        helper.make_node("Mod", ["r", "ones"], ["m"]),  # [1, 0, 1]
+        helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+        C("shape24", np.array([8, 3], np.int64)),
+        helper.make_node("Expand", ["mf", "shape24"], ["e"]),  # (8, 3)
+        helper.make_node("Reshape", ["e", "size"], ["factor"]),  # (24,)
+        helper.make_node("Mul", ["flat", "factor"], ["y"]),
+        *tail,
+    ]
+    return make_model(nodes, [vi("x", ["N", 2, 3, 4])], [vi("y", ["N", 24])])
+
+
+def test_shape_arithmetic_folds_at_import_and_the_batch_stays_named():
+    x = np.random.default_rng(4).standard_normal((3, 2, 3, 4)).astype(np.float32)
+    imported = check_against_reference(shape_arithmetic_model(), {"x": x})
+    text = spec_of(imported)
+    assert 'x = ["N", 2, 3, 4]' in text and "reshape(x, shape=(N, 24))" in text
+    assert {imported.graph.nx.nodes[v]["op"] for v in imported.graph.nx} == {"input", "param", "reshape", "mul"}
+    assert imported.values["factor"].tolist() == [1.0, 0.0, 1.0] * 8  # the folded constant, as a param
+
+
+def test_weights_are_never_folded_away():
+    """A Transpose of an initializer stays a transpose of the param (training changes the param)."""
+    W = np.arange(6, dtype=np.float32).reshape(2, 3)
+    nodes = [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "Wt"], ["y"])]
+    model = make_model(nodes, [vi("x", ["N", 3])], [vi("y", ["N", 2])], [init("W", W)])
+    imported = check_against_reference(model, {"x": np.ones((2, 3), np.float32)})
+    assert imported.graph.params == ["W"] and "x @ transpose(W)" in spec_of(imported)
+
+
+@pytest.mark.parametrize("node, message", [
+    (helper.make_node("Mul", ["n1", "n1"], ["target"]), "Mul computes with the named dimension (N): graphc folds"),
+    (helper.make_node("ConstantOfShape", ["n1"], ["target"]), "ConstantOfShape sized by the named dimension N"),
+])
+def test_arithmetic_on_a_named_dimension_is_one_line(node, message):
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array([0], np.int64))),
+             helper.make_node("Gather", ["s", "zero"], ["n1"], axis=0), node,
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = make_model(nodes, [vi("x", ["N", 2])], [vi("y", [None])])
+    with pytest.raises(gc.GraphcError) as err:
+        gc.from_onnx(model)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def conv_model(op_type, x_shape, w_shape, y_shape, **attrs):
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal(w_shape) * 0.3).astype(np.float32)
+    outputs = w_shape[1] * attrs.get("group", 1) if op_type == "ConvTranspose" else w_shape[0]
+    b = rng.standard_normal(outputs).astype(np.float32)
+    node = helper.make_node(op_type, ["x", "w", "b"], ["y"], **attrs)
+    model = make_model([node], [vi("x", ["N", *x_shape])], [vi("y", ["N", *y_shape])], [init("w", w), init("b", b)])
+    return model, {"x": rng.standard_normal((2, *x_shape)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("op_type, x_shape, w_shape, y_shape, attrs", [
+    ("Conv", (4, 7, 6), (6, 2, 3, 3), (6, 7, 6), dict(auto_pad="SAME_UPPER", group=2)),
+    ("Conv", (3, 9, 9), (4, 3, 3, 2), (4, 4, 4), dict(strides=[2, 2], pads=[1, 0, 1, 0], dilations=[1, 2])),
+    ("Conv", (3, 10), (5, 3, 3), (5, 10), dict(pads=[2, 2], dilations=[2])),
+    ("Conv", (3, 10), (5, 3, 4), (5, 10), dict(auto_pad="SAME_UPPER")),
+    ("ConvTranspose", (4, 5, 5), (4, 3, 3, 3), (3, 10, 10), dict(strides=[2, 2], output_shape=[10, 10])),
+    ("ConvTranspose", (4, 5, 5), (4, 3, 3, 3), (6, 11, 11), dict(strides=[2, 2], pads=[1, 1, 0, 0], group=2)),
+    ("ConvTranspose", (4, 6), (4, 2, 3), (2, 13), dict(strides=[2], pads=[1, 1], output_padding=[1])),
+])
+def test_conv_attributes_map_onto_the_table(op_type, x_shape, w_shape, y_shape, attrs):
+    """onnxruntime is the reference here: onnx.reference's ConvTranspose takes neither groups nor output_shape."""
+    model, feeds = conv_model(op_type, x_shape, w_shape, y_shape, **attrs)
+    check_against_reference(model, feeds, rtol=1e-4, engine="onnxruntime")
+
+
+def test_pooling_slicing_and_identities():
+    nodes = [helper.make_node("MaxPool", ["x"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["a"], ["b"], kernel_shape=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+             helper.make_node("GlobalAveragePool", ["b"], ["c"]),
+             helper.make_node("Dropout", ["c"], ["d"]),
+             helper.make_node("CastLike", ["d", "x"], ["e"]),
+             helper.make_node("Squeeze", ["e", "sq"], ["f"]),
+             helper.make_node("Slice", ["f", "st", "en", "ax", "sp"], ["g"]),
+             helper.make_node("Unsqueeze", ["g", "un"], ["y"])]
+    model = make_model(nodes, [vi("x", ["N", 4, 8, 8])], [vi("y", ["N", 1, 2])],
+                       [init("sq", np.array([2, 3], np.int64)), init("st", np.array([-1], np.int64)),
+                        init("en", np.array([-(1 << 63)], np.int64)), init("ax", np.array([1], np.int64)),
+                        init("sp", np.array([-2], np.int64)), init("un", np.array([1], np.int64))])
+    x = np.random.default_rng(6).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    check_against_reference(model, {"x": x})
+
+
+def test_a_huge_folded_constant_is_refused_before_it_is_made():
+    one = numpy_helper.from_array(np.array([1.0], np.float32))
+    nodes = [helper.make_node("ConstantOfShape", ["big"], ["c"], value=one),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    model = make_model(nodes, [vi("x", [2])], [vi("y", [2])], [init("big", np.array([1 << 40], np.int64))])
+    with pytest.raises(gc.GraphcError) as err:
+        gc.from_onnx(model)
+    assert "ConstantOfShape would make a constant of 1099511627776 elements: graphc folds at most 16777216" in str(
+        err.value)
+
+
+def test_random_ops_are_not_folded():
+    """Import is deterministic: a RandomNormal of constant inputs is an unsupported op, not a random constant."""
+    nodes = [helper.make_node("RandomNormal", [], ["r"], shape=[2]), helper.make_node("Add", ["x", "r"], ["y"])]
+    with pytest.raises(gc.GraphcError) as err:
+        gc.from_onnx(make_model(nodes, [vi("x", [2])], [vi("y", [2])]))
+    assert "unsupported op RandomNormal" in str(err.value)

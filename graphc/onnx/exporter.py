@@ -15,6 +15,7 @@ operands, no attributes) or write, for example::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ from ..compiler import compile
 from ..errors import GraphcError, GraphError, SpecError
 from ..files import read_npz, same_file, write_atomic
 from ..graph import Graph, Namer, operands, topo_order
-from ..ops import OPS
+from ..ops import OPS, conv_pads
 from ..spec import load_spec
 from .model import OPSET, first_line, onnx_module
 
@@ -199,6 +200,201 @@ def binary_cross_entropy_with_logits(ex, v, args, attrs):
     lg = ex.node("Log", [ex.node("Add", [e, one], ex.fresh(f"{v}_1p"))], ex.fresh(f"{v}_log"))
     each = ex.node("Add", [ex.node("Sub", [pos, xt], ex.fresh(f"{v}_d")), lg], ex.fresh(f"{v}_each"))
     ex.reduce_all(each, v, attrs.get("reduction", "mean"))
+
+
+# ---- the section 14 ops: convolution, pooling and views (NCHW, as ONNX) --------------------------------------
+
+INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)
+
+
+def shape_of(ex, v) -> tuple:
+    return tuple(ex.G.nodes[v]["shape"])
+
+
+def onnx_pads(pads) -> list[int]:
+    """graphc's (top, bottom, left, right) as ONNX's (begins, then ends)."""
+    return [pads[0], pads[2], pads[1], pads[3]]
+
+
+@exporter("conv2d")
+def conv2d(ex, v, args, attrs):
+    kernel = shape_of(ex, args[1])[2:]
+    pads = conv_pads(attrs["padding"], kernel, attrs["dilation"], attrs["stride"])
+    ex.node("Conv", args, v, kernel_shape=list(kernel), strides=list(attrs["stride"]), pads=onnx_pads(pads),
+            dilations=list(attrs["dilation"]), group=int(attrs["groups"]))
+
+
+@exporter("conv1d")
+def conv1d(ex, v, args, attrs):
+    (k,) = shape_of(ex, args[1])[2:]
+    padding = attrs["padding"]
+    if isinstance(padding, str):
+        _, _, before, after = conv_pads(padding, (1, k), (1, attrs["dilation"]), (1, attrs["stride"]))
+    else:
+        before = after = padding
+    ex.node("Conv", args, v, kernel_shape=[k], strides=[attrs["stride"]], pads=[before, after],
+            dilations=[attrs["dilation"]], group=int(attrs["groups"]))
+
+
+@exporter("conv_transpose2d")
+def conv_transpose2d(ex, v, args, attrs):
+    (p0, p1) = attrs["padding"]
+    ex.node("ConvTranspose", args, v, kernel_shape=list(shape_of(ex, args[1])[2:]), strides=list(attrs["stride"]),
+            pads=[p0, p1, p0, p1], output_padding=list(attrs["output_padding"]), dilations=list(attrs["dilation"]),
+            group=int(attrs["groups"]))
+
+
+def pool(ex, op_type, v, args, attrs, **extra):
+    (p0, p1), kernel = attrs["padding"], attrs["kernel_size"]
+    ex.node(op_type, args, v, kernel_shape=list(kernel), strides=list(attrs["stride"] or kernel),
+            pads=[p0, p1, p0, p1], **extra)
+
+
+@exporter("max_pool2d")
+def max_pool2d(ex, v, args, attrs):
+    pool(ex, "MaxPool", v, args, attrs)
+
+
+@exporter("avg_pool2d")
+def avg_pool2d(ex, v, args, attrs):
+    pool(ex, "AveragePool", v, args, attrs, count_include_pad=int(attrs["count_include_pad"]))
+
+
+@exporter("adaptive_avg_pool2d")
+def adaptive_avg_pool2d(ex, v, args, attrs):
+    if tuple(attrs["output_size"]) == (1, 1):
+        ex.node("GlobalAveragePool", args, v)
+        return
+    _, _, h, w = shape_of(ex, args[0])
+    kernel = [h // attrs["output_size"][0], w // attrs["output_size"][1]]
+    ex.node("AveragePool", args, v, kernel_shape=kernel, strides=kernel)
+
+
+@exporter("flatten")
+def flatten(ex, v, args, attrs):
+    rank = len(shape_of(ex, args[0]))
+    start = attrs["start_dim"] % rank
+    if start == 1:
+        ex.node("Flatten", args, v, axis=1)
+    else:  # 0 keeps a dimension of the input: (d0, ..., d(start-1), -1)
+        ex.node("Reshape", [args[0], ex.ints([0] * start + [-1], f"{v}_shape")], v)
+
+
+@exporter("reshape")
+def reshape(ex, v, args, attrs):
+    """A target with named dimensions: each one where the input has it at the same place is 0 (kept); one left
+    over is the -1; else the target is built from the input's Shape at run time."""
+    x_shape, target = shape_of(ex, args[0]), list(shape_of(ex, v))
+    out = [0 if isinstance(d, str) and i < len(x_shape) and x_shape[i] == d else d for i, d in enumerate(target)]
+    named = [i for i, d in enumerate(out) if isinstance(d, str)]
+    if len(named) == 1:
+        out[named[0]] = -1
+    if all(not isinstance(d, str) for d in out):
+        ex.node("Reshape", [args[0], ex.ints(out, f"{v}_shape")], v)
+        return
+    shape = ex.node("Shape", [args[0]], ex.fresh(f"{v}_input_shape"))
+    parts = [ex.node("Gather", [shape, ex.ints([x_shape.index(d)], f"{v}_axis")], ex.fresh(f"{v}_{d}"), axis=0)
+             if isinstance(d, str) else ex.ints([d], f"{v}_dim") for d in target]
+    ex.node("Reshape", [args[0], ex.node("Concat", parts, ex.fresh(f"{v}_shape"), axis=0)], v)
+
+
+# ---- the section 15 ops ------------------------------------------------------------------------------------------
+
+@exporter("gelu")
+def gelu(ex, v, args, attrs):
+    """Opset 17 has no Gelu: torch's formulas, x * 0.5 * (1 + erf(x / sqrt 2)) or its tanh approximation."""
+    (x,) = args
+    if attrs["approximate"] == "tanh":
+        cube = ex.node("Mul", [x, ex.node("Mul", [x, x], ex.fresh(f"{v}_sq"))], ex.fresh(f"{v}_cube"))
+        inner = ex.node("Add", [x, ex.node("Mul", [cube, ex.scalar(0.044715, f"{v}_c")], ex.fresh(f"{v}_t"))],
+                        ex.fresh(f"{v}_inner"))
+        scaled = ex.node("Mul", [inner, ex.scalar(math.sqrt(2.0 / math.pi), f"{v}_k")], ex.fresh(f"{v}_scaled"))
+        curve = ex.node("Tanh", [scaled], ex.fresh(f"{v}_tanh"))
+    else:
+        scaled = ex.node("Div", [x, ex.scalar(math.sqrt(2.0), f"{v}_sqrt2")], ex.fresh(f"{v}_scaled"))
+        curve = ex.node("Erf", [scaled], ex.fresh(f"{v}_erf"))
+    one_plus = ex.node("Add", [curve, ex.scalar(1.0, f"{v}_one")], ex.fresh(f"{v}_1p"))
+    half = ex.node("Mul", [x, ex.scalar(0.5, f"{v}_half")], ex.fresh(f"{v}_halfx"))
+    ex.node("Mul", [half, one_plus], v)
+
+
+@exporter("pow")
+def pow_(ex, v, args, attrs):
+    ex.node("Pow", [*args, ex.scalar(attrs["exponent"], f"{v}_exponent")], v)
+
+
+@exporter("clip")
+def clip(ex, v, args, attrs):
+    bounds = [ex.scalar(attrs[key], f"{v}_{key}") if attrs[key] is not None else "" for key in ("min", "max")]
+    ex.node("Clip", [*args, *bounds], v)
+
+
+@exporter("layer_norm")
+def layer_norm(ex, v, args, attrs):
+    x, rest = args[0], list(args[1:])
+    if not rest:  # ONNX's Scale is not optional: ones
+        name = ex.fresh(f"{v}_scale")
+        ones = np.ones(shape_of(ex, x)[-1:], ex.dtype)
+        ex.initializers.append(ex.onnx.numpy_helper.from_array(ones, name))
+        rest = [name]
+    ex.node("LayerNormalization", [x, *rest], v, axis=-1, epsilon=float(attrs["eps"]))
+
+
+@exporter("rms_norm")
+def rms_norm(ex, v, args, attrs):
+    """x / sqrt(mean(x * x over the last axis) + eps) (* weight): opset 17 has no RMSNormalization."""
+    x, rest = args[0], list(args[1:])
+    eps = attrs["eps"] if attrs["eps"] is not None else float(np.finfo(ex.dtype).eps)
+    square = ex.node("Mul", [x, x], ex.fresh(f"{v}_sq"))
+    mean = ex.node("ReduceMean", [square], ex.fresh(f"{v}_ms"), axes=[-1], keepdims=1)
+    root = ex.node("Sqrt", [ex.node("Add", [mean, ex.scalar(eps, f"{v}_eps")], ex.fresh(f"{v}_var"))],
+                   ex.fresh(f"{v}_rms"))
+    if not rest:
+        ex.node("Div", [x, root], v)
+        return
+    ex.node("Mul", [ex.node("Div", [x, root], ex.fresh(f"{v}_normalized")), rest[0]], v)
+
+
+@exporter("silu")
+def silu(ex, v, args, attrs):
+    ex.node("Mul", [args[0], ex.node("Sigmoid", args, ex.fresh(f"{v}_sigmoid"))], v)
+
+
+@exporter("softplus")
+def softplus(ex, v, args, attrs):
+    """torch's softplus (beta 1, threshold 20): x itself past 20, where log(1 + exp(x)) is x in floating point."""
+    soft = ex.node("Softplus", args, ex.fresh(f"{v}_soft"))
+    above = ex.node("Greater", [args[0], ex.scalar(20.0, f"{v}_threshold")], ex.fresh(f"{v}_above"))
+    ex.node("Where", [above, args[0], soft], v)
+
+
+def extreme(ex, op_type, v, args, attrs):
+    axes = ex.axes(attrs)
+    extra = {} if axes is None else {"axes": axes}
+    ex.node(op_type, args, v, keepdims=int(bool(attrs.get("keepdims", False))), **extra)
+
+
+@exporter("max")
+def reduce_max(ex, v, args, attrs):
+    extreme(ex, "ReduceMax", v, args, attrs)
+
+
+@exporter("min")
+def reduce_min(ex, v, args, attrs):
+    extreme(ex, "ReduceMin", v, args, attrs)
+
+
+@exporter("concat")
+def concat(ex, v, args, attrs):
+    ex.node("Concat", args, v, axis=int(attrs["axis"]))
+
+
+@exporter("slice")
+def slice_(ex, v, args, attrs):
+    step, stop = attrs["step"], attrs["stop"]
+    stop = (INT64_MAX if step > 0 else INT64_MIN) if stop is None else stop
+    ex.node("Slice", [args[0], ex.ints([attrs["start"]], f"{v}_starts"), ex.ints([stop], f"{v}_ends"),
+                      ex.ints([attrs["axis"]], f"{v}_axes"), ex.ints([step], f"{v}_steps")], v)
 
 
 # ---- graphc export --------------------------------------------------------------------------------------

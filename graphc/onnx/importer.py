@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import GraphcError, GraphError, ShapeError, SpecError
 from ..graph import INPUT_RESERVED, Graph, Namer, Tensor
 from ..ops import OPS
+from .folding import evaluate, foldable, is_symbolic, shape_array
 from .model import onnx_module, opset_version, read_model
 
 FLOAT_TYPES = {1: "float32", 11: "float64"}  # ONNX TensorProto element types graphc computes in
@@ -134,6 +135,8 @@ class Importer:
         self.dim_args = dict(dims)
         self.names = Names()
         self.env = {}  # ONNX value name -> Tensor, a float (a scalar constant) or an int ndarray (axes)
+        self.consts = {}  # ONNX value name -> ndarray, what folding computed (object arrays: shapes with names)
+        self.opset = opset_version(model)
         self.values = {}
         self.described = {}
 
@@ -275,22 +278,40 @@ class Importer:
 
     # -- values --
     def value(self, name: str):
-        """The graph value of ONNX value ``name``: a Tensor, a float (scalar constant) or an int array."""
-        if name in self.env:
-            return self.env[name]
-        if name in self.initializers:
-            self.env[name] = self.constant(self.initializers[name], name)
-            return self.env[name]
-        raise GraphError(f"value {name!r} is not defined before it is used")
+        """The graph value of ONNX value ``name``: a Tensor, a float (scalar constant) or an int array (an object
+        array: a shape with named dimensions)."""
+        if name not in self.env:
+            array = self.known(name)
+            if array is None:
+                raise GraphError(f"value {name!r} is not defined before it is used")
+            self.env[name] = self.constant(array, name)
+        return self.env[name]
 
-    def constant(self, tensor, name: str):
-        """An initializer or a Constant's tensor: a param (float, rank >= 1), a scalar constant or ints."""
-        array = self.numpy_helper.to_array(tensor)
+    def known(self, name: str):
+        """The constant array of ONNX value ``name`` (an initializer, a folded value, a shape), or None."""
+        if name in self.consts:
+            return self.consts[name]
+        if name in self.initializers:
+            self.consts[name] = self.numpy_helper.to_array(self.initializers[name])
+            return self.consts[name]
+        x = self.env.get(name)
+        if isinstance(x, float):
+            return np.asarray(x, self.dtype)
+        return x if isinstance(x, np.ndarray) else None
+
+    def is_weight(self, name: str) -> bool:
+        """A float initializer that is not a scalar: a param, which training changes, so never folded away."""
+        tensor = self.initializers.get(name)
+        return tensor is not None and tensor.data_type in FLOAT_TYPES and len(tensor.dims) > 0
+
+    def constant(self, array, name: str):
+        """A constant array as a graph value: a param (float, rank >= 1), a scalar constant or ints (axes)."""
+        if is_symbolic(array) or array.dtype.kind == "b":
+            return array
         if array.dtype.kind in "iu":
             return array.astype(np.int64)
-        if array.dtype.kind != "f" or tensor.data_type not in FLOAT_TYPES:
-            raise GraphError(f"tensor {name!r} has element type {self.type_name(tensor.data_type)}: graphc computes "
-                             f"in {self.dtype}")
+        if array.dtype not in (np.float32, np.float64):
+            raise GraphError(f"tensor {name!r} has element type {array.dtype}: graphc computes in {self.dtype}")
         if array.ndim == 0:
             return float(array)
         ident = self.names.add(name)
@@ -299,6 +320,9 @@ class Importer:
 
     def tensor(self, name: str) -> Tensor:
         x = self.value(name)
+        if is_symbolic(x):
+            raise GraphError(f"{name!r} is a shape with named dimensions used as a value: graphc computes in "
+                             f"{self.dtype}")
         if isinstance(x, np.ndarray):
             raise GraphError(f"{name!r} is an integer tensor used as a value: graphc computes in {self.dtype}")
         if isinstance(x, float):
@@ -309,15 +333,30 @@ class Importer:
         return self.g.const(value, name=self.names.fresh(f"{self.names.ident[self.out]}_const"))
 
     def ints(self, name: str) -> list[int]:
-        x = self.value(name)
-        if not isinstance(x, np.ndarray):
+        x = self.known(name)
+        if x is None or x.dtype.kind not in "iub":
             raise GraphError(f"{name!r} must be a constant integer tensor (axes), not a computed value")
         return [int(i) for i in x.reshape(-1)]
+
+    def shape_value(self, name: str) -> list:
+        """A constant shape: ints and named dimensions (``["N", -1]``)."""
+        x = self.known(name)
+        if x is None or not (is_symbolic(x) or x.dtype.kind in "iu"):
+            raise GraphError(f"{name!r} must be a constant shape (folded at import), not a computed value")
+        return [d if isinstance(d, str) else int(d) for d in x.reshape(-1)]
+
+    def number(self, name: str, what: str) -> float:
+        """A constant scalar operand (an exponent, a bound) as a float."""
+        x = self.known(name)
+        if x is None or is_symbolic(x) or x.size != 1 or x.dtype.kind not in "iuf":
+            raise GraphError(f"{what} {name!r} must be a constant scalar, not a computed value")
+        return float(x.reshape(-1)[0])
 
     def attr(self, key: str, default=None):
         for a in self.node.attribute:
             if a.name == key:
-                return self.onnx.helper.get_attribute_value(a)
+                value = self.onnx.helper.get_attribute_value(a)
+                return value.decode() if isinstance(value, bytes) else value
         return default
 
     def apply(self, op: str, *args, last=False, **attrs) -> Tensor:
@@ -331,16 +370,27 @@ class Importer:
 
     # -- nodes --
     def translate(self, node) -> None:
+        arrays = {x: self.known(x) for x in node.input if x}
+        if all(a is not None for a in arrays.values()) and not any(map(self.is_weight, arrays)) and foldable(node):
+            self.fold(node, arrays)  # constants in, constants out: evaluated once, now
+            return
         if node.op_type not in CONVERTERS:  # model.py has refused the nodes of other domains
             raise GraphError(f"unsupported op {node.op_type} (graphc imports {', '.join(CONVERTERS)})")
         outs = [o for o in node.output if o]
-        if len(outs) != 1:
-            raise GraphError(f"{node.op_type} with {len(outs)} outputs: graphc imports single-output nodes")
-        self.out = outs[0]
+        extra = [o for o in node.output[1:] if o and o in self.used]
+        if not node.output or not node.output[0] or extra:
+            raise GraphError(f"{node.op_type} with {len(outs)} outputs used: graphc imports its first output only")
+        self.out = node.output[0]
         result = CONVERTERS[node.op_type](self, node)
         self.env[self.out] = result
         if isinstance(result, Tensor) and result.name == self.names.ident[self.out]:
             self.described[result.name] = f"ONNX: {self.out} ({node.op_type} node {node.name or self.out})"
+
+    def fold(self, node, arrays: dict) -> None:
+        """Evaluate ``node`` on its constant inputs (onnx.reference); its outputs become constants."""
+        for out, array in zip(node.output, evaluate(node, arrays, self.opset)):
+            if out and array is not None:
+                self.consts[out] = array
 
     def inputs(self, node, count=None):
         names = list(node.input)
@@ -475,7 +525,8 @@ def leaky_relu(imp, node):
     return imp.unary("leaky_relu", negative_slope=float(np.float32(imp.attr("alpha", 0.01))))
 
 
-converter("Sigmoid", "Tanh", "Exp", "Log")(elementwise)  # here, so that the supported list keeps its order
+# here, so that the supported list keeps its order
+converter("Sigmoid", "Tanh", "Exp", "Log", "Erf", "Sqrt")(elementwise)
 
 
 @converter("Softmax")
@@ -519,29 +570,357 @@ def identity(imp, node):
 @converter("Flatten")
 def flatten(imp, node):
     x = imp.tensor(node.input[0])
-    axis = int(imp.attr("axis", 1))
-    if imp.rank(x) != 2 or axis not in (1, -1):
-        raise GraphError(f"Flatten of a {imp.rank(x)}-D value with axis={axis}: graphc imports Flatten of a "
-                         f"2-D value with axis=1, which leaves it as it is")
-    return x
+    rank, axis = imp.rank(x), int(imp.attr("axis", 1))
+    if not -rank <= axis <= rank:
+        raise GraphError(f"Flatten axis={axis} is out of range for a {rank}-D value")
+    axis += rank if axis < 0 else 0
+    if rank == 2 and axis == 1:
+        return x  # already (N, C)
+    if axis == 1 and rank > 1:
+        return imp.apply("flatten", x, last=True, start_dim=1)
+    lead = x.shape[:axis]
+    if len(lead) > 1 and any(isinstance(d, str) for d in lead):
+        raise GraphError(f"Flatten of a {rank}-D value {tuple(x.shape)} with axis={axis}: the first dimension "
+                         f"would be a product of the named dimension, which graphc cannot name")
+    first = lead[0] if len(lead) == 1 else int(np.prod(lead, dtype=np.int64))
+    return imp.apply("reshape", x, last=True, shape=(first, -1 if axis < rank else 1))
 
 
 @converter("Constant")
 def constant(imp, node):
-    attr = node.attribute[0] if len(node.attribute) == 1 else None
-    if attr is None:
-        raise GraphError("a Constant has exactly one value attribute")
-    if attr.name == "value":
-        return imp.constant(attr.t, imp.out)
-    if attr.name == "value_float":
-        return float(np.float32(attr.f))
-    if attr.name == "value_floats":
-        return imp.constant(imp.numpy_helper.from_array(np.array(attr.floats, np.float32)), imp.out)
-    if attr.name == "value_int":
-        return np.array(attr.i, np.int64)
-    if attr.name == "value_ints":
-        return np.array(attr.ints, np.int64)
-    raise GraphError(f"a Constant with {attr.name}: graphc imports float tensors and integer axes")
+    """Never called: a Constant, like every node whose inputs are all constants, is folded before its converter is
+    looked up (Importer.translate); registered so that SUPPORTED names it."""
+    raise AssertionError(f"{imp.where()} should have been folded")
+
+
+# ---- the shape of a value, and views: Reshape, Squeeze, Unsqueeze (the shape arithmetic between them folds) ----
+
+@converter("Shape")
+def shape(imp, node):
+    x = imp.tensor(node.input[0])
+    dims = list(x.shape)[slice(imp.attr("start", 0), imp.attr("end"))]
+    return shape_array(dims)  # ints, with the named dimensions as names ("N"): folded onwards
+
+
+def view(imp, x, target):
+    """``x`` seen in shape ``target`` (ints and named dimensions): x itself when nothing changes."""
+    if tuple(target) == tuple(x.shape):
+        return x
+    return imp.apply("reshape", x, last=True, shape=tuple(target))
+
+
+@converter("Reshape")
+def reshape(imp, node):
+    x = imp.tensor(node.input[0])
+    target = imp.shape_value(node.input[1])
+    if 0 in target and imp.attr("allowzero", 0):
+        raise GraphError(f"Reshape to {target} with allowzero=1: graphc has no empty dimensions")
+    if len(target) > len(x.shape) and any(d == 0 for d in target[len(x.shape):]):
+        raise GraphError(f"Reshape of {tuple(x.shape)} to {target}: a 0 past the input's rank")
+    target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]  # 0: the input's dimension
+    return view(imp, x, target)
+
+
+def axes_of(imp, node, rank: int, added: bool = False) -> list[int] | None:
+    """Squeeze's and Unsqueeze's axes (an input since opset 13, an attribute before), non-negative, of a result
+    of ``rank`` dimensions, or of ``rank`` plus their number when they are ``added``."""
+    axes = imp.ints(node.input[1]) if len(node.input) > 1 and node.input[1] else imp.attr("axes")
+    if axes is None:
+        return None
+    rank += len(axes) if added else 0
+    if any(not -rank <= int(a) < rank for a in axes):
+        raise GraphError(f"axes {list(axes)} out of range for a {rank}-D value")
+    return sorted(int(a) % rank for a in axes)
+
+
+@converter("Unsqueeze")
+def unsqueeze(imp, node):
+    x = imp.tensor(node.input[0])
+    shape = list(x.shape)
+    for a in axes_of(imp, node, len(shape), added=True) or []:
+        shape.insert(a, 1)
+    return view(imp, x, shape)
+
+
+@converter("Squeeze")
+def squeeze(imp, node):
+    x = imp.tensor(node.input[0])
+    axes = axes_of(imp, node, imp.rank(x))
+    axes = [i for i, d in enumerate(x.shape) if d == 1] if axes is None else axes
+    if any(x.shape[a] != 1 for a in axes):
+        raise GraphError(f"Squeeze of axes {axes} of {tuple(x.shape)}: they must have size 1")
+    return view(imp, x, [d for i, d in enumerate(x.shape) if i not in axes])
+
+
+# ---- identities at inference: Dropout, and casts to the type graphc computes in ---------------------------------
+
+@converter("Dropout")
+def dropout(imp, node):
+    names = imp.inputs(node, 3)
+    if names[2] and bool(imp.number(names[2], "Dropout's training_mode")):
+        raise GraphError("Dropout in training mode: graphc imports it at inference, where it is the identity")
+    return imp.value(names[0])
+
+
+@converter("Cast")
+def cast(imp, node):
+    to = imp.attr("to")
+    if FLOAT_TYPES.get(to) != imp.dtype:
+        raise GraphError(f"Cast to {imp.type_name(to)}: graphc computes in {imp.dtype}, and casts only to it")
+    return imp.tensor(node.input[0])
+
+
+@converter("CastLike")
+def cast_like(imp, node):
+    like = imp.known(node.input[1])  # a constant: its element type; a computed value is of the graph's type
+    if like is not None and (is_symbolic(like) or like.dtype != imp.dtype):
+        raise GraphError(f"CastLike to {'int64' if is_symbolic(like) else like.dtype}: graphc computes in "
+                         f"{imp.dtype}")
+    return imp.tensor(node.input[0])
+
+
+# ---- the section 15 elementwise ops and normalisation ---------------------------------------------------------
+
+@converter("Gelu")
+def gelu(imp, node):
+    return imp.unary("gelu", approximate=imp.attr("approximate", "none"))
+
+
+@converter("Pow")
+def pow_(imp, node):
+    x = imp.tensor(node.input[0])
+    return imp.apply("pow", x, last=True, exponent=imp.number(node.input[1], "Pow's exponent"))
+
+
+@converter("Clip")
+def clip(imp, node):
+    names = imp.inputs(node, 3)
+    x = imp.tensor(names[0])
+    bounds = {key: imp.number(name, f"Clip's {key}") for key, name in zip(("min", "max"), names[1:]) if name}
+    return imp.apply("clip", x, last=True, **bounds) if bounds else x
+
+
+@converter("LayerNormalization")
+def layer_norm(imp, node):
+    names = imp.inputs(node, 3)
+    x = imp.tensor(names[0])
+    rank, axis = imp.rank(x), int(imp.attr("axis", -1))
+    if rank == 0 or axis % rank != rank - 1:
+        raise GraphError(f"LayerNormalization over axis {axis} of a {rank}-D value: graphc normalizes over the "
+                         "last axis")
+    operands = [imp.tensor(n) for n in names[1:] if n]
+    for w in operands:
+        if imp.rank(w) != 1:
+            w_shape = tuple(w.shape)
+            raise GraphError(f"LayerNormalization's scale or bias of shape {w_shape}: graphc takes them 1-D")
+    eps = float(np.float32(imp.attr("epsilon", 1e-5)))
+    return imp.apply("layer_norm", x, *operands, last=True, eps=eps)
+
+
+@converter("ReduceMax")
+def reduce_max(imp, node):
+    return imp.reduce(node, "max")
+
+
+@converter("ReduceMin")
+def reduce_min(imp, node):
+    return imp.reduce(node, "min")
+
+
+# ---- concat and slice ----------------------------------------------------------------------------------------
+
+@converter("Concat")
+def concat(imp, node):
+    xs = [imp.tensor(x) for x in node.input]
+    return xs[0] if len(xs) == 1 else imp.apply("concat", *xs, last=True, axis=int(imp.attr("axis")))
+
+
+@converter("Slice")
+def slice_(imp, node):
+    names = imp.inputs(node, 5)
+    x = imp.tensor(names[0])
+    starts, ends = imp.ints(names[1]), imp.ints(names[2])
+    rank = imp.rank(x)
+    axes = imp.ints(names[3]) if names[3] else list(range(len(starts)))
+    steps = imp.ints(names[4]) if names[4] else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise GraphError("Slice's starts, ends, axes and steps differ in length")
+    cuts = []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if not -rank <= axis < rank or step == 0:
+            raise GraphError(f"Slice of axis {axis} step {step} of a {rank}-D value")
+        cut = one_slice(x.shape[axis % rank], start, end, step)
+        if cut is not None:
+            cuts.append({"axis": axis % rank, **cut})
+    for k, cut in enumerate(cuts):
+        x = imp.apply("slice", x, last=k == len(cuts) - 1, **cut)
+    return x
+
+
+def one_slice(size, start, end, step):
+    """ONNX's clamped start and end as a Python slice of an axis of ``size`` (None: the whole axis)."""
+    if isinstance(size, str):  # a named axis: only the whole of it
+        whole = start in (0, -(1 << 63)) and end >= (1 << 31) and step == 1
+        return None if whole else {"start": start, "stop": end, "step": step}  # the shape rule says why not
+    start, stop, step = slice(start, end, step).indices(size)
+    if step > 0 and stop >= size:
+        stop = None
+    elif step < 0 and stop < 0:
+        stop = None
+    if (start, stop, step) == (0, None, 1):
+        return None
+    return {"start": start, "stop": stop, "step": step}
+
+
+# ---- convolution and pooling: NCHW (and NCL, seen as height 1) --------------------------------------------------
+
+def spatial(imp, x, kernel, what: str) -> dict:
+    """Strides, dilations and the pads before and after each spatial axis (auto_pad worked out)."""
+    n = len(kernel)
+    if imp.rank(x) != n + 2 or n not in (1, 2):
+        raise GraphError(f"{what} of a {imp.rank(x)}-D value with a {n}-D kernel: graphc imports 1-D and 2-D "
+                         "windows over (N, C, L) and (N, C, H, W)")
+    sizes = x.shape[2:]
+    if any(isinstance(d, str) for d in sizes):
+        raise GraphError(f"{what} of {tuple(x.shape)}: graphc needs the spatial sizes fixed")
+    strides = [int(v) for v in imp.attr("strides", [1] * n)]
+    dilations = [int(v) for v in imp.attr("dilations", [1] * n)]
+    pads = [int(v) for v in imp.attr("pads", [0] * 2 * n)]
+    auto = imp.attr("auto_pad", "NOTSET")
+    if auto == "VALID":
+        pads = [0] * 2 * n
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * 2 * n
+        for i, (size, k, s, d) in enumerate(zip(sizes, kernel, strides, dilations)):
+            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[n + i] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    return {"strides": strides, "dilations": dilations, "before": pads[:n], "after": pads[n:], "sizes": sizes}
+
+
+def conv_padding(geo, kernel, what: str):
+    """graphc's padding: each side alike, or torch's 'same' (the odd element after, stride 1)."""
+    if geo["before"] == geo["after"]:
+        return tuple(geo["before"])
+    totals = [d * (k - 1) for k, d in zip(kernel, geo["dilations"])]
+    same = ([t // 2 for t in totals], [t - t // 2 for t in totals])
+    if (geo["before"], geo["after"]) == same and all(s == 1 for s in geo["strides"]):
+        return "same"
+    raise GraphError(f"{what} with pads {geo['before'] + geo['after']}: graphc pads both sides of an axis alike "
+                     "(or as padding='same')")
+
+
+@converter("Conv")
+def conv(imp, node):
+    names = imp.inputs(node, 3)
+    x, w = imp.tensor(names[0]), imp.tensor(names[1])
+    bias = [imp.tensor(names[2])] if names[2] else []
+    kernel = tuple(w.shape[2:])
+    geo = spatial(imp, x, kernel, "Conv")
+    padding, groups = conv_padding(geo, kernel, "Conv"), int(imp.attr("group", 1))
+    if len(kernel) == 2:
+        return imp.apply("conv2d", x, w, *bias, last=True, stride=tuple(geo["strides"]), padding=padding,
+                         dilation=tuple(geo["dilations"]), groups=groups)
+    return imp.apply("conv1d", x, w, *bias, last=True, stride=geo["strides"][0], dilation=geo["dilations"][0],
+                     padding=padding if isinstance(padding, str) else padding[0], groups=groups)
+
+
+def as_image(imp, x):
+    """(N, C, L) as (N, C, 1, L): a 1-D window op through its 2-D form."""
+    return imp.apply("reshape", x, shape=(x.shape[0], x.shape[1], 1, x.shape[2]))
+
+
+def transpose_padding(imp, geo, kernel):
+    """ConvTranspose's pads (from output_shape or auto_pad when given) as graphc's padding and output_padding."""
+    n = len(kernel)
+    extra = [int(v) for v in imp.attr("output_padding", [0] * n)]
+    shape, auto = imp.attr("output_shape"), imp.attr("auto_pad", "NOTSET")
+    if shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = [int(v) for v in shape][-n:] if shape is not None else [i * s for i, s in zip(geo["sizes"],
+                                                                                              geo["strides"])]
+        totals = [s * (i - 1) + e + (k - 1) * d + 1 - o for s, i, e, k, d, o in
+                  zip(geo["strides"], geo["sizes"], extra, kernel, geo["dilations"], out)]
+        upper = auto == "SAME_UPPER"  # the odd element of padding after; else before (ONNX)
+        geo["before"] = [t // 2 if upper else t - t // 2 for t in totals]
+        geo["after"] = [t - b for t, b in zip(totals, geo["before"])]
+    # fewer pads after than before is more output: output_padding, which must stay below the stride
+    padding = geo["before"]
+    extra = [e + b - a for e, b, a in zip(extra, geo["before"], geo["after"])]
+    if any(e < 0 or e >= max(s, d) for e, s, d in zip(extra, geo["strides"], geo["dilations"])):
+        raise GraphError(f"ConvTranspose with pads {geo['before'] + geo['after']} and output_padding "
+                         f"{imp.attr('output_padding', [0] * n)}: graphc pads both sides alike, the extra output "
+                         "below the stride")
+    return padding, extra
+
+
+@converter("ConvTranspose")
+def conv_transpose(imp, node):
+    names = imp.inputs(node, 3)
+    x, w = imp.tensor(names[0]), imp.tensor(names[1])
+    bias = [imp.tensor(names[2])] if names[2] else []
+    kernel = tuple(w.shape[2:])
+    geo = spatial(imp, x, kernel, "ConvTranspose")
+    padding, extra = transpose_padding(imp, geo, kernel)
+    groups = int(imp.attr("group", 1))
+    if len(kernel) == 2:
+        return imp.apply("conv_transpose2d", x, w, *bias, last=True, stride=tuple(geo["strides"]),
+                         padding=tuple(padding), output_padding=tuple(extra), dilation=tuple(geo["dilations"]),
+                         groups=groups)
+    w2 = imp.apply("reshape", w, shape=(w.shape[0], w.shape[1], 1, w.shape[2]))
+    y = imp.apply("conv_transpose2d", as_image(imp, x), w2, *bias, stride=(1, geo["strides"][0]),
+                  padding=(0, padding[0]), output_padding=(0, extra[0]), dilation=(1, geo["dilations"][0]),
+                  groups=groups)
+    return imp.apply("reshape", y, last=True, shape=(y.shape[0], y.shape[1], y.shape[3]))
+
+
+def pool(imp, node, op: str, **extra):
+    """MaxPool and AveragePool: graphc's max_pool2d and avg_pool2d (1-D through a height of 1)."""
+    x = imp.tensor(node.input[0])
+    kernel = [int(k) for k in imp.attr("kernel_shape")]
+    geo = spatial(imp, x, kernel, node.op_type)
+    if any(d != 1 for d in geo["dilations"]):
+        raise GraphError(f"{node.op_type} with dilations {geo['dilations']}: graphc pools without dilation")
+    if geo["before"] != geo["after"]:
+        raise GraphError(f"{node.op_type} with pads {geo['before'] + geo['after']}: graphc pads both sides alike")
+    if imp.attr("ceil_mode", 0):
+        for size, k, s, p in zip(geo["sizes"], kernel, geo["strides"], geo["before"]):
+            if (size + 2 * p - k) % s and -(-(size + 2 * p - k) // s) * s - p < size:
+                raise GraphError(f"{node.op_type} with ceil_mode=1 takes a last, partial window: graphc pools "
+                                 "whole windows (ceil_mode=0)")
+    if len(kernel) == 2:
+        return imp.apply(op, x, last=True, kernel_size=tuple(kernel), stride=tuple(geo["strides"]),
+                         padding=tuple(geo["before"]), **extra)
+    y = imp.apply(op, as_image(imp, x), kernel_size=(1, kernel[0]), stride=(1, geo["strides"][0]),
+                  padding=(0, geo["before"][0]), **extra)
+    return imp.apply("reshape", y, last=True, shape=(y.shape[0], y.shape[1], y.shape[3]))
+
+
+@converter("MaxPool")
+def max_pool(imp, node):
+    return pool(imp, node, "max_pool2d")
+
+
+@converter("AveragePool")
+def average_pool(imp, node):
+    return pool(imp, node, "avg_pool2d", count_include_pad=bool(imp.attr("count_include_pad", 0)))
+
+
+@converter("GlobalAveragePool")
+def global_average_pool(imp, node):
+    x = imp.tensor(node.input[0])
+    if imp.rank(x) == 4:
+        return imp.apply("adaptive_avg_pool2d", x, last=True, output_size=(1, 1))
+    if imp.rank(x) < 3:
+        raise GraphError(f"GlobalAveragePool of a {imp.rank(x)}-D value: it needs (N, C, ...)")
+    return imp.apply("mean", x, last=True, axis=tuple(range(2, imp.rank(x))), keepdims=True)
+
+
+@converter("GlobalMaxPool")
+def global_max_pool(imp, node):
+    x = imp.tensor(node.input[0])
+    if imp.rank(x) < 3:
+        raise GraphError(f"GlobalMaxPool of a {imp.rank(x)}-D value: it needs (N, C, ...)")
+    return imp.apply("max", x, last=True, axis=tuple(range(2, imp.rank(x))), keepdims=True)
 
 
 SUPPORTED = tuple(CONVERTERS)  # the ONNX op types graphc imports (the measuring scripts in tools/ read it)

@@ -146,7 +146,8 @@ def literal(value) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (tuple, list)):
-        return "(" + ", ".join(str(int(v)) for v in value) + ("," if len(value) == 1 else "") + ")"
+        items = [v if isinstance(v, str) else str(int(v)) for v in value]  # a name: a named dimension, bare
+        return "(" + ", ".join(items) + ("," if len(value) == 1 else "") + ")"
     return repr(value)
 
 
