@@ -1051,11 +1051,21 @@ def pooled_grad_attrs(shapes, attrs) -> dict:
     return pooled(internal_window(attrs, attrs["x"]), attrs)
 
 
-def max_pool2d_scratch(shapes, attrs):  # each window's first maximum (kept), the windows as rows, padded x
+def max_pool2d_scratch(shapes, attrs):
+    """Each window's first maximum (kept), the windows (kernel offset first), a mask of the output's shape, padded x."""
     win, n = pool_window("max_pool2d", shapes, attrs), shapes[0][0]
     k = win.kernel[0] * win.kernel[1]
-    return ([(win.out_shape(n), "int64"), ((n, win.C, win.Ho, win.Wo, k), None)]
-            + ([(win.padded_shape(n), None)] if win.padded else []))
+    return ([(win.out_shape(n), "int64"), ((k, n, win.C, win.Ho, win.Wo), None), (win.out_shape(n), "bool_")]
+            + padded_scratch(win, n))
+
+
+def max_pool2d_grad_scratch(shapes, attrs):
+    """A mask per kernel offset; unless the windows tile x (each element of dx written once), dy under the mask and
+    padded dx."""
+    win = internal_window(attrs, attrs["x"])
+    if win.tiles:
+        return [(shapes[0], "bool_")]
+    return [(shapes[0], "bool_"), (shapes[0], None)] + padded_scratch(win, shapes[0][0])
 
 
 def padded_scratch(win: Window, n) -> list:
@@ -1169,8 +1179,7 @@ internal("max_pool2d_argmax", 1, lambda shapes, attrs: internal_window(attrs, at
          attrs={**GEOMETRY, "x": tuple}, dtype="int64", template_attrs=plus(window_attrs), backends=NUMPY_ONLY)
 internal("max_pool2d_grad", 2, lambda shapes, attrs: (shapes[0][0], *attrs["x"]), attrs={**GEOMETRY, "x": tuple},
          template_attrs=plus(window_attrs), backends=NUMPY_ONLY,
-         scratches=lambda shapes, attrs: [(shapes[0], "bool_")] + padded_scratch(
-             internal_window(attrs, attrs["x"]), shapes[0][0]))  # a mask per kernel offset, padded dx
+         scratches=max_pool2d_grad_scratch)
 internal("avg_pool2d_grad", 1, lambda shapes, attrs: (shapes[0][0], *attrs["x"]),
          attrs={**GEOMETRY, "x": tuple, "count_include_pad": bool}, template_attrs=plus(pooled_grad_attrs),
          backends=NUMPY_ONLY, scratches=lambda shapes, attrs: [(shapes[0], None)] + padded_scratch(
