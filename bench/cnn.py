@@ -1,6 +1,6 @@
 """One epoch of the digits CNN: the generated Trainer.fit against a hand-written NumPy im2col loop and the libraries.
 
-Not a test: it prints medians and ratios. The workload is the one of `make digits-cnn`: the 1437 training rows of
+Not a test: it prints medians and ratios. The workload is the model of `make digits-cnn` on its 1437 training rows of
 scikit-learn's digits as (N, 1, 8, 8) images, the CNN of examples/digits_cnn.toml (read from that file: its
 convolutions, pooling and dense layer), cross-entropy on integer labels, Adam (lr 1e-3, torch's betas and eps),
 batches of 32 rows of a fresh permutation each epoch. Every variant runs in this one process, interleaved round by
@@ -72,7 +72,7 @@ def digits_data(dtype):
 
 def compile_module(dtype, directory):
     """examples/digits_cnn.toml's model in `dtype`, trained for the benchmark with Adam (lr 1e-3, torch's betas and
-    eps: whatever the example's [train] says) for one epoch in batches of 32, compiled by graphc and imported."""
+    eps, whatever the example's [train] says) for one epoch in batches of 32, compiled by graphc and imported."""
     model, _ = re.split(r"(?m)^\[train\]", SPEC.read_text())
     text = model + f'[train]\nloss = "loss"\noutputs = ["logits"]\noptimizer = "adam"\nlr = {LR}\nepochs = 1\n' \
         f'batch_size = {BATCH}\ndtype = "{dtype}"\n'
