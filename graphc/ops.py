@@ -954,6 +954,14 @@ def col2im_shape(shapes, attrs):  # columns (N, G, K, L) back to x (N, C, H, W)
     return (shapes[0][0], *attrs["x"])
 
 
+def col2im_scratch(shapes, attrs):
+    """Padded x; with stride 1 along the height and kH > 1, each kernel column's terms summed over the kernel rows
+    first (kW, N, C, Hp, Wo)."""
+    win, n = window_attrs(shapes, attrs)["win"], shapes[0][0]
+    two_pass = win.stride[0] == 1 and win.kernel[0] > 1
+    return padded_scratch(win, n) + ([((win.kernel[1], n, win.C, win.Hp, win.Wo), None)] if two_pass else [])
+
+
 def conv2d_vjp(b, v, xs, g):
     x, w = xs[:2]
     attrs, wshape = b.attrs(v), b.shape(w)
@@ -1173,8 +1181,7 @@ internal("conv2d_grad_w", 2, attr_shape, attrs={"shape": tuple}, template_attrs=
 internal("conv2d_grad_cols", 2, lambda shapes, attrs: (shapes[0][0], attrs["groups"], math.prod(shapes[1][1:]),
          math.prod(shapes[0][2:])), attrs={"groups": int}, template_attrs=plus(conv_grad_attrs), backends=NUMPY_ONLY)
 internal("col2im", 1, col2im_shape, attrs={**GEOMETRY, "groups": int, "x": tuple}, template_attrs=plus(window_attrs),
-         scratches=lambda shapes, attrs: padded_scratch(window_attrs(shapes, attrs)["win"], shapes[0][0]),
-         backends=NUMPY_ONLY)
+         scratches=col2im_scratch, backends=NUMPY_ONLY)
 internal("max_pool2d_argmax", 1, lambda shapes, attrs: internal_window(attrs, attrs["x"]).out_shape(shapes[0][0]),
          attrs={**GEOMETRY, "x": tuple}, dtype="int64", template_attrs=plus(window_attrs), backends=NUMPY_ONLY)
 internal("max_pool2d_grad", 2, lambda shapes, attrs: (shapes[0][0], *attrs["x"]), attrs={**GEOMETRY, "x": tuple},
