@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits
+.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits digits-cnn
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ digits: setup
 	$(BIN)/graphc compile examples/digits.toml -o examples/digits_model.py
 	$(BIN)/python examples/digits.py --module examples/digits_model.py --params examples/digits_params.npz
 
+# The same digits as (N, 1, 8, 8) images through the small CNN of examples/digits_cnn.toml, on the same split.
+digits-cnn: setup
+	$(BIN)/python -c "import sklearn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[examples]"
+	$(BIN)/graphc compile examples/digits_cnn.toml -o examples/digits_cnn_model.py
+	$(BIN)/python examples/digits.py --spec examples/digits_cnn.toml --module examples/digits_cnn_model.py \
+		--params examples/digits_cnn_params.npz
+
 # Two workers (pytest-xdist): the suite is CPU-bound, and CI's machines have 2 cores.
 test: test-setup
 	$(BIN)/python -m pytest -q -n 2
@@ -51,6 +58,7 @@ fuzz: test-setup
 bench: setup
 	$(BIN)/python bench/step.py
 	$(BIN)/python bench/classifier.py
+	$(BIN)/python bench/cnn.py
 	$(BIN)/python bench/compile.py
 
 # The CuPy modules bench/gpu.py checks and times, compiled here (the GPU machine has no black): take the folder
@@ -64,4 +72,4 @@ golden: test-setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/gpu_modules examples/two_layer.py examples/chain_rule.py \
-		examples/digits_model.py examples/*.npz
+		examples/digits_model.py examples/digits_cnn_model.py examples/*.npz

@@ -959,6 +959,14 @@ def col2im_shape(shapes, attrs):  # columns (N, G, K, L) back to x (N, C, H, W)
     return (shapes[0][0], *attrs["x"])
 
 
+def col2im_scratch(shapes, attrs):
+    """Padded x; with stride 1 along the height and kH > 1, each kernel column's terms summed over the kernel rows
+    first (kW, N, C, Hp, Wo)."""
+    win, n = window_attrs(shapes, attrs)["win"], shapes[0][0]
+    two_pass = win.stride[0] == 1 and win.kernel[0] > 1
+    return padded_scratch(win, n) + ([((win.kernel[1], n, win.C, win.Hp, win.Wo), None)] if two_pass else [])
+
+
 def conv2d_vjp(b, v, xs, g):
     x, w = xs[:2]
     attrs, wshape = b.attrs(v), b.shape(w)
@@ -1056,11 +1064,21 @@ def pooled_grad_attrs(shapes, attrs) -> dict:
     return pooled(internal_window(attrs, attrs["x"]), attrs)
 
 
-def max_pool2d_scratch(shapes, attrs):  # each window's first maximum (kept), the windows as rows, padded x
+def max_pool2d_scratch(shapes, attrs):
+    """Each window's first maximum (kept), the windows (kernel offset first), a mask of the output's shape, padded x."""
     win, n = pool_window("max_pool2d", shapes, attrs), shapes[0][0]
     k = win.kernel[0] * win.kernel[1]
-    return ([(win.out_shape(n), "int64"), ((n, win.C, win.Ho, win.Wo, k), None)]
-            + ([(win.padded_shape(n), None)] if win.padded else []))
+    return ([(win.out_shape(n), "int64"), ((k, n, win.C, win.Ho, win.Wo), None), (win.out_shape(n), "bool_")]
+            + padded_scratch(win, n))
+
+
+def max_pool2d_grad_scratch(shapes, attrs):
+    """A mask per kernel offset; unless the windows tile x (each element of dx written once), dy under the mask and
+    padded dx."""
+    win = internal_window(attrs, attrs["x"])
+    if win.tiles:
+        return [(shapes[0], "bool_")]
+    return [(shapes[0], "bool_"), (shapes[0], None)] + padded_scratch(win, shapes[0][0])
 
 
 def padded_scratch(win: Window, n) -> list:
@@ -1168,14 +1186,12 @@ internal("conv2d_grad_w", 2, attr_shape, attrs={"shape": tuple}, template_attrs=
 internal("conv2d_grad_cols", 2, lambda shapes, attrs: (shapes[0][0], attrs["groups"], math.prod(shapes[1][1:]),
          math.prod(shapes[0][2:])), attrs={"groups": int}, template_attrs=plus(conv_grad_attrs), backends=NUMPY_ONLY)
 internal("col2im", 1, col2im_shape, attrs={**GEOMETRY, "groups": int, "x": tuple}, template_attrs=plus(window_attrs),
-         scratches=lambda shapes, attrs: padded_scratch(window_attrs(shapes, attrs)["win"], shapes[0][0]),
-         backends=NUMPY_ONLY)
+         scratches=col2im_scratch, backends=NUMPY_ONLY)
 internal("max_pool2d_argmax", 1, lambda shapes, attrs: internal_window(attrs, attrs["x"]).out_shape(shapes[0][0]),
          attrs={**GEOMETRY, "x": tuple}, dtype="int64", template_attrs=plus(window_attrs), backends=NUMPY_ONLY)
 internal("max_pool2d_grad", 2, lambda shapes, attrs: (shapes[0][0], *attrs["x"]), attrs={**GEOMETRY, "x": tuple},
          template_attrs=plus(window_attrs), backends=NUMPY_ONLY,
-         scratches=lambda shapes, attrs: [(shapes[0], "bool_")] + padded_scratch(
-             internal_window(attrs, attrs["x"]), shapes[0][0]))  # a mask per kernel offset, padded dx
+         scratches=max_pool2d_grad_scratch)
 internal("avg_pool2d_grad", 1, lambda shapes, attrs: (shapes[0][0], *attrs["x"]),
          attrs={**GEOMETRY, "x": tuple, "count_include_pad": bool}, template_attrs=plus(pooled_grad_attrs),
          backends=NUMPY_ONLY, scratches=lambda shapes, attrs: [(shapes[0], None)] + padded_scratch(

@@ -55,3 +55,12 @@ def test_gpu_quick_compiles_every_module_without_cupy():
 def test_gpu_arguments_are_checked(args):
     result = bench("gpu.py", *args)
     assert result.returncode == 2 and "error:" in result.stderr.splitlines()[-1]
+
+
+def test_cnn_quick():
+    result = bench("cnn.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    assert "float64: self-test passed" in result.stdout
+    variants = [row.split("|")[2].strip() for row in table(result.stdout, "dtype")]
+    assert variants[:2] == ["graphc", "numpy"]
+    assert "float64: graphc / numpy = " in result.stdout
