@@ -14,7 +14,7 @@ from . import fusion, optim
 from .backends import BACKENDS
 from .graph import DTYPES, describe, dim_names, operands, topo_order
 from .ops import OPS, fmt as shape_text
-from .schedule import Schedule
+from .schedule import Schedule, trainable
 
 # The names the generated functions use for their own purposes (NumPy's, every backend's array module, ...). If a
 # user name takes one, ours is renamed.
@@ -156,12 +156,13 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
+        trainable=trainable(G),
     )
     if train is not None:
         ws = sched.workspace
         kernels = fused(sched) if BACKENDS[backend].fuse else {}  # a chain's first statement's index -> its kernel
-        buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values}
-                   for i, b in enumerate(ws.buffers)]
+        buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values,
+                    "grad": b.grad} for i, b in enumerate(ws.buffers)]
         workspace_dims = dim_names(b.shape for b in ws.buffers)
         opt = optim.OPTIMIZERS[train.optimizer]
         context.update(
@@ -176,8 +177,9 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
                 "buffers": buffers,
                 "dims": workspace_dims,
                 "body": trainer_body(sched, r, kernels),
-                "updates": [u.grad for u in ws.updates],
-                "own": opt.own and all(u.inplace for u in ws.updates),
+                # the gradients not computed straight into their view of the flat gradients: copied there
+                "copies": {u.param: r.text["backward", A.graph["grads"][u.param]] for u in ws.updates
+                           if not u.direct},
             },
         )
         context["kernels"] = list(kernels.values())

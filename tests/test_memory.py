@@ -61,7 +61,7 @@ def test_workspace_plan_shares_buffers(two_layer_module):
     # the relu backward masks dh in place
     (dh_buffer,) = [b for b in ws.buffers if "dh" in b.values]
     assert dh_buffer.values == ["dh", f"d{add}"]
-    assert all(u.inplace for u in ws.updates)
+    assert all(u.direct for u in ws.updates)  # every gradient is computed straight into the flat gradients
 
 
 def test_trainer_matches_pure_functions_two_layer(two_layer_module):
