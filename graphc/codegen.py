@@ -177,9 +177,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
                 "buffers": buffers,
                 "dims": workspace_dims,
                 "body": trainer_body(sched, r, kernels),
-                # the gradients not computed straight into their view of the flat gradients: copied there
-                "copies": {u.param: r.text["backward", A.graph["grads"][u.param]] for u in ws.updates
-                           if not u.direct},
+                "copies": gradient_copies(sched, r),
             },
         )
         context["kernels"] = list(kernels.values())
@@ -187,6 +185,23 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
+
+
+def gradient_copies(sched, r: "Renderer") -> dict:
+    """The gradients Trainer.step copies into their views of the flat gradients (param -> the value's text):
+    those not computed straight into their view (schedule.gradient_views), and those whose op has no workspace
+    form (its statement makes a fresh array, whatever its buffer)."""
+    A, ws = sched.A, sched.workspace
+    placed = {(p.graph, p.node): p for p in ws.body}
+    graph_of = {"forward": sched.G, "backward": A}
+    copies = {}
+    for u in ws.updates:
+        p = placed.get(("backward", u.grad)) or placed.get(("forward", u.grad))
+        op = graph_of[p.graph].nodes[p.node]["op"] if p is not None else None
+        into = p is not None and (p.computed_with is not None or hasattr(r.ops, OPS[op].macro + "_into"))
+        if not (u.direct and into):
+            copies[u.param] = r.text["backward", A.graph["grads"][u.param]]
+    return copies
 
 
 def helpers(r: "Renderer", G, A) -> list[str]:
