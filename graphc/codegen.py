@@ -156,7 +156,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
-        trainable=trainable(G),
+        trainable=trainable(G), row_offsets=False,
     )
     if train is not None:
         ws = sched.workspace
@@ -182,6 +182,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         )
         context["kernels"] = list(kernels.values())
         step = context["trainer"]
+        context["row_offsets"] = any("_row_offsets(" in s["code"] for s in step["body"])  # ops.j2's helper
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
