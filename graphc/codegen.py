@@ -14,7 +14,7 @@ from . import fusion, optim
 from .backends import BACKENDS
 from .graph import DTYPES, describe, dim_names, operands, topo_order
 from .ops import OPS, fmt as shape_text
-from .schedule import Schedule
+from .schedule import Schedule, trainable
 
 # The names the generated functions use for their own purposes (NumPy's, every backend's array module, ...). If a
 # user name takes one, ours is renamed.
@@ -156,12 +156,13 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
+        trainable=trainable(G), row_offsets=False,
     )
     if train is not None:
         ws = sched.workspace
         kernels = fused(sched) if BACKENDS[backend].fuse else {}  # a chain's first statement's index -> its kernel
-        buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values}
-                   for i, b in enumerate(ws.buffers)]
+        buffers = [{"name": f"_buf{i}", "shape": shape_text(b.shape), "dtype": b.dtype, "holds": b.values,
+                    "grad": b.grad} for i, b in enumerate(ws.buffers)]
         workspace_dims = dim_names(b.shape for b in ws.buffers)
         opt = optim.OPTIMIZERS[train.optimizer]
         context.update(
@@ -176,15 +177,32 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
                 "buffers": buffers,
                 "dims": workspace_dims,
                 "body": trainer_body(sched, r, kernels),
-                "updates": [u.grad for u in ws.updates],
-                "own": opt.own and all(u.inplace for u in ws.updates),
+                "copies": gradient_copies(sched, r),
             },
         )
         context["kernels"] = list(kernels.values())
         step = context["trainer"]
+        context["row_offsets"] = any("_row_offsets(" in s["code"] for s in step["body"])  # ops.j2's helper
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
+
+
+def gradient_copies(sched, r: "Renderer") -> dict:
+    """The gradients Trainer.step copies into their views of the flat gradients (param -> the value's text):
+    those not computed straight into their view (schedule.gradient_views), and those whose op has no workspace
+    form (its statement makes a fresh array, whatever its buffer)."""
+    A, ws = sched.A, sched.workspace
+    placed = {(p.graph, p.node): p for p in ws.body}
+    graph_of = {"forward": sched.G, "backward": A}
+    copies = {}
+    for u in ws.updates:
+        p = placed.get(("backward", u.grad)) or placed.get(("forward", u.grad))
+        op = graph_of[p.graph].nodes[p.node]["op"] if p is not None else None
+        into = p is not None and (p.computed_with is not None or hasattr(r.ops, OPS[op].macro + "_into"))
+        if not (u.direct and into):
+            copies[u.param] = r.text["backward", A.graph["grads"][u.param]]
+    return copies
 
 
 def helpers(r: "Renderer", G, A) -> list[str]:

@@ -28,7 +28,7 @@ from .errors import CommandError, GraphcError
 from .files import write_atomic
 from .graph import INT_DTYPES, concrete, describe, operands, topo_order
 from .ops import OPS
-from .schedule import is_statement, value_of
+from .schedule import is_statement, trainable, value_of
 
 
 INSTALL_DOT = ("Graphviz's dot is not installed (Debian/Ubuntu: apt-get install graphviz; "
@@ -261,10 +261,8 @@ def memory_text(module) -> str:
     sizes = ", ".join(f"{d}={n}" for d, n in module.graph.graph.get("dims", {}).items())
     opt = optim.OPTIMIZERS[module.training.optimizer]
     G = module.graph
-    params = [G.nodes[p] for p in G if G.nodes[p]["op"] == "param"]
-    shapes = {(p["shape"], p["dtype"]): math.prod(p["shape"]) * np.dtype(p["dtype"]).itemsize for p in params}
-    state = len(opt.state) * sum(math.prod(p["shape"]) * np.dtype(p["dtype"]).itemsize for p in params)
-    scratch = opt.scratch * sum(shapes.values())
+    flat = sum(math.prod(G.nodes[p]["shape"]) * np.dtype(G.nodes[p]["dtype"]).itemsize for p in trainable(G))
+    state, scratch = len(opt.state) * flat, opt.scratch * flat
     return "\n".join([
         f"# {module.name}: Trainer.step's workspace{f' at {sizes}' if sizes else ''}, allocated by the first step "
         "at these sizes; values whose",
@@ -273,7 +271,9 @@ def memory_text(module) -> str:
         f"workspace: {len(ws.buffers)} buffers, {nbytes(ws.nbytes)}",
         f"every intermediate in an array of its own: {nbytes(ws.intermediates)} (the plan saves {saved:.0%})",
         f"update: {opt.title}, in place, with its state ({', '.join(opt.state)}) of every param, "
-        f"{nbytes(state)}, and {opt.scratch} temporaries per param shape, {nbytes(scratch)}",
+        f"{nbytes(state)}, and {opt.scratch} flat temporaries, {nbytes(scratch)}",
+        "flat storage: the trainable params, their gradients (the buffers holding a d ... / d param are their "
+        "views) and each state array are one array per kind",
     ]) + "\n"
 
 

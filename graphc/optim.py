@@ -2,9 +2,10 @@
 templates/optim.j2.
 
 Every optimizer follows torch.optim exactly, defaults included: per optimizer its hyperparameters with their
-defaults (lr included), the state it keeps per param (arrays shaped like the param, in Trainer's workspace), and
-its update, the macro of the same name in templates/optim.j2 (the body of ``Trainer._apply``: one in-place update
-of every param from its gradient). A hyperparameter's kind says which values it takes; the generated module checks
+defaults (lr included), the state it keeps per param (arrays shaped like the param: views into one flat array per
+kind, as the params and their gradients are, Trainer's flat storage), and its update, the macro of the same name in
+templates/optim.j2 (the body of ``Trainer._apply``: one in-place update of the flat params from the flat
+gradients, the same arithmetic element by element as one update per param). A hyperparameter's kind says which values it takes; the generated module checks
 run-time overrides against the same kinds (``_check_hyperparams`` in templates/module.py.j2).
 """
 
@@ -37,8 +38,7 @@ class Optimizer:
     title: str  # what the generated code says it is
     hyperparams: dict  # name -> (kind, default), in torch's order
     state: tuple = ()  # per-param state arrays, zero at the start
-    scratch: int = 0  # temporaries of each param's shape that one update needs
-    own: bool = False  # the update may write into step()'s gradient buffers (Trainer._apply's `own`)
+    scratch: int = 0  # flat temporaries (of the flat params' size) that one update needs
     state_if: str | None = None  # the state exists only when this hyperparameter is nonzero at construction
 
     def defaults(self) -> dict:
@@ -50,7 +50,7 @@ OPTIMIZERS = {
         Optimizer("sgd", "SGD (torch.optim.SGD)", {
             "lr": ("positive", 1e-3), "momentum": ("nonnegative", 0.0), "dampening": ("nonnegative", 0.0),
             "weight_decay": ("nonnegative", 0.0), "nesterov": ("flag", False),
-        }, state=("momentum_buffer",), scratch=2, own=True, state_if="momentum"),
+        }, state=("momentum_buffer",), scratch=2, state_if="momentum"),
         Optimizer("adam", "Adam (torch.optim.Adam)", {
             "lr": ("positive", 1e-3), "betas": ("betas", (0.9, 0.999)), "eps": ("nonnegative", 1e-8),
             "weight_decay": ("nonnegative", 0.0),

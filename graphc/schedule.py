@@ -82,6 +82,7 @@ class Buffer:
     dtype: str
     values: list[str] = field(default_factory=list)
     sizes: dict = field(default_factory=dict, repr=False)  # named dimensions -> default sizes, for nbytes
+    grad: str | None = None  # this param's view of Trainer's flat gradients (not an array of the workspace)
 
     @property
     def nbytes(self) -> int:
@@ -104,7 +105,7 @@ class Placed:
 class Update:
     param: str
     grad: str  # the value holding d loss / d param
-    inplace: bool  # its buffer dies here, so it can be scaled by lr in place: no temporary
+    direct: bool  # computed straight into the param's view of Trainer's flat gradients (else copied there)
 
 
 @dataclass
@@ -174,9 +175,33 @@ def plan_workspace(sched: Schedule) -> Workspace:
     share one (same shape and dtype), and elementwise ops write over an operand that dies at that statement."""
     plan = Planner(sched)
     placed = [plan.place(i, s) for i, s in enumerate(plan.body)]
-    updates = [Update(p, g, inplace=g in plan.where and plan.last[g] == len(plan.body) + k)
-               for k, (p, g) in enumerate(plan.grads.items())]
-    return Workspace(plan.pool.buffers, placed, updates, plan.values)
+    return Workspace(plan.pool.buffers, placed, gradient_views(plan), plan.values)
+
+
+def trainable(G: nx.DiGraph) -> list[str]:
+    """The params the optimizer updates, in PARAMS order: the one place that decides it (the module's TRAINABLE,
+    Trainer's flat storage). A param marked ``trainable = False`` stays out."""
+    return [v for v in G if G.nodes[v]["op"] == "param" and G.nodes[v].get("trainable", True) is not False]
+
+
+def gradient_views(plan: "Planner") -> list[Update]:
+    """Trainer keeps the gradients in one flat array (templates/module.py.j2): the buffer holding a trainable
+    param's gradient at the end of the step becomes that param's view of it, so the statement computing the
+    gradient writes straight into it. A gradient held elsewhere (an input, a view, a value two params share, a
+    scalar) is copied into its view after the backward."""
+    updates, claimed = [], set()
+    dtype = plan.G.graph["dtype"]
+    for p in trainable(plan.G):
+        g = plan.grads[p]
+        index = plan.where.get(g)
+        b = plan.pool.buffers[index] if index is not None else None
+        direct = (b is not None and index not in claimed and b.dtype == dtype
+                  and b.shape == tuple(plan.G.nodes[p]["shape"]))
+        if direct:
+            claimed.add(index)
+            b.grad = p
+        updates.append(Update(p, g, direct))
+    return updates
 
 
 class Planner:

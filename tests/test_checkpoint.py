@@ -82,8 +82,8 @@ def test_save_load_resume_is_bit_for_bit(mod, tmp_path, k):
     first.save(path)
 
     fresh_params = mod.init_params(99)  # other values: everything must come from the file
+    resumed = mod.Trainer(fresh_params)  # its values become the views of the Trainer's flat storage
     arrays = {name: id(a) for name, a in fresh_params.items()}
-    resumed = mod.Trainer(fresh_params)
     resumed.load(path)
     assert resumed.steps == k
     assert {name: id(a) for name, a in resumed.params.items()} == arrays  # loaded into the existing arrays

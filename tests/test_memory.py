@@ -61,7 +61,7 @@ def test_workspace_plan_shares_buffers(two_layer_module):
     # the relu backward masks dh in place
     (dh_buffer,) = [b for b in ws.buffers if "dh" in b.values]
     assert dh_buffer.values == ["dh", f"d{add}"]
-    assert all(u.inplace for u in ws.updates)
+    assert all(u.direct for u in ws.updates)  # every gradient is computed straight into the flat gradients
 
 
 def test_trainer_matches_pure_functions_two_layer(two_layer_module):
@@ -150,3 +150,24 @@ def test_a_sum_whose_first_term_comes_again_is_not_written_over_that_term():
     x = g.param("x", (2,))
     mod = gc.compile(g, gc.mse(x, x - x, name="loss")).load()
     assert_trainer_matches_value_and_grad(mod, random_params(mod), ())
+
+
+def test_gradients_are_written_into_their_views_of_the_flat_gradients():
+    """Trainer keeps the gradients in one flat array: a gradient held in a buffer of the step is computed straight
+    into its view (the buffer is the view), a scalar one (no buffer) is copied there after the backward."""
+    g = gc.Graph("views")
+    x, t = g.input("x", (5, 3)), g.input("t", (5, 3))
+    w, c = g.param("w", (3,)), g.param("c", ())
+    loss = gc.mse(x * w + c, t, name="loss")
+    compiled = gc.compile(g, loss=loss)
+    ws = compiled.schedule.workspace
+    assert {u.param: u.direct for u in ws.updates} == {"w": True, "c": False}
+    trainer_code = compiled.source.split("class Trainer")[1]
+    assert 'self._grads["w"],  # the view of the flat gradients: d loss / d w' in trainer_code
+    assert trainer_code.count("np.copyto(self._grads[") == 2  # c's gradient, and apply_gradients' loop
+    mod = compiled.load()
+    params = random_params(mod, away_from_zero=True)
+    assert_trainer_matches_value_and_grad(mod, params, random_inputs(mod))
+    trainer = mod.Trainer(params)
+    flat = trainer._flat_params
+    assert all(np.shares_memory(params[name], flat) for name in mod.TRAINABLE)

@@ -22,6 +22,8 @@ DTYPE = np.float64
 DIMS = {}  # named dimensions: their default sizes
 BATCH_DIM = None
 OPTIMIZER = "sgd"
+# the params the optimizer updates, in PARAMS order: Trainer's flat storage
+TRAINABLE = ("W1", "b1", "W2", "b2")
 HYPERPARAMS = {
     "lr": 1e-05,
     "momentum": 0.0,
@@ -144,16 +146,16 @@ def _check_params(params, names=PARAMS, array=np.ndarray):
             )
 
 
-def _check_writable(params):
-    """A step updates every param in place: one it cannot write fails Trainer(), not a step halfway."""
-    for name in PARAMS:
-        flags = params[name].flags
-        writable = getattr(flags, "writeable", True)
-        if not writable or not flags.c_contiguous:
-            what = "C-contiguous" if writable else "writable"
-            raise ValueError(
-                f"param {name!r} is not {what}: Trainer updates params in place; give it a copy"
-            )
+def _views(flat):
+    """Trainer's flat storage: name -> the part of the flat array `flat` that holds this trainable param's
+    elements (TRAINABLE order, one after another), shaped like the param."""
+    views, start = {}, 0
+    for name in TRAINABLE:
+        shape = _SHAPES[name]
+        size = int(np.prod(shape))
+        views[name] = flat[start : start + size].reshape(shape)
+        start += size
+    return views
 
 
 def save_params(params, path):
@@ -401,29 +403,38 @@ def _number(value):
 
 class Trainer:
     """SGD (torch.optim.SGD) on params (a dict of arrays, updated in place): one fused forward, backward and update
-    per step; the optimizer's state and the step's buffers are allocated once."""
+    per step; the optimizer's state and the step's buffers are allocated once.
+
+    Flat storage: the trainable params (TRAINABLE), their gradients and each of the optimizer's state arrays are
+    views into one contiguous array per kind, in TRAINABLE order, so that the update is one set of calls whatever
+    the number of params. Trainer(params) copies the params' values into it and replaces the values of the dict
+    `params` (kept as .params) by the views: read and change them there (params[name][...] = value), not by
+    assigning new arrays to the dict."""
 
     def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
         _check_params(params)
-        _check_writable(params)
         self.params = params
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
-        # The optimizer's state of each param (momentum_buffer), zero at the start, kept only when momentum is not 0.
-        self._state = {
-            name: (np.zeros_like(params[name]),) if self.hyperparams["momentum"] else ()
-            for name in PARAMS
-        }
-        # Temporaries of the update, shared by the params of one shape.
-        shared = {}
-        self._scratch = {
-            name: shared.setdefault(
-                params[name].shape,
-                (np.empty_like(params[name]), np.empty_like(params[name])),
-            )
-            for name in PARAMS
-        }
+        # The flat params: the user's values copied in, the dict's values replaced by the views
+        self._flat_params = np.empty(
+            sum(params[name].size for name in TRAINABLE), dtype=DTYPE
+        )
+        self._params = {name: params[name] for name in PARAMS}  # what step() reads
+        for name, view in _views(self._flat_params).items():
+            np.copyto(view, params[name])
+            params[name] = self._params[name] = view
+        # The flat gradients: the backward writes each gradient into its view
+        self._flat_grads = np.zeros_like(self._flat_params)
+        self._grads = _views(self._flat_grads)
+        # The optimizer's state (momentum_buffer), flat and each param's views, zero at the start, kept only when momentum is not 0
+        kinds = 1 if self.hyperparams["momentum"] else 0
+        self._flat_state = tuple(np.zeros_like(self._flat_params) for _ in range(kinds))
+        views = [_views(flat) for flat in self._flat_state]
+        self._state = {name: tuple(v[name] for v in views) for name in TRAINABLE}
+        # Temporaries of the update, flat
+        self._scratch = tuple(np.empty_like(self._flat_params) for _ in range(2))
         # The step's buffers, one set per distinct set of dimension sizes, allocated by its first step.
         self._workspaces = {}
 
@@ -435,10 +446,10 @@ class Trainer:
 
     def _step(self, X, y):
         """step() on inputs already checked."""
-        W1 = self.params["W1"]
-        b1 = self.params["b1"]
-        W2 = self.params["W2"]
-        b2 = self.params["b2"]
+        W1 = self._params["W1"]
+        b1 = self._params["b1"]
+        W2 = self._params["W2"]
+        b2 = self._params["b2"]
         _buf0, _buf1, _buf2, _buf3, _buf4, _buf5, _buf6, _buf7 = self._workspace()
         # ---- forward ----
         # h_matmul = matmul(X, W1) -> (32, 200)
@@ -481,7 +492,7 @@ class Trainer:
                 ("d loss / d W2", dW2),
                 ("d loss / d b2", db2),
             )
-        self._apply((dW1, db1, dW2, db2), own=True)
+        self._apply()  # from the flat gradients, where the backward wrote them
         return loss.item()
 
     def _workspace(self):
@@ -496,69 +507,71 @@ class Trainer:
                 # _buf2: pred_err, dpred
                 np.empty((32, 10), dtype=np.float64),
                 # _buf3: db2
-                np.empty((10,), dtype=np.float64),
+                self._grads["b2"],  # the view of the flat gradients: d loss / d b2
                 # _buf4: dh, dh_add
                 np.empty((32, 200), dtype=np.float64),
                 # _buf5: dW2
-                np.empty((200, 10), dtype=np.float64),
+                self._grads["W2"],  # the view of the flat gradients: d loss / d W2
                 # _buf6: db1
-                np.empty((200,), dtype=np.float64),
+                self._grads["b1"],  # the view of the flat gradients: d loss / d b1
                 # _buf7: dW1
-                np.empty((100, 200), dtype=np.float64),
+                self._grads["W1"],  # the view of the flat gradients: d loss / d W1
             )
         return _buffers
 
     def apply_gradients(self, grads):
         """The optimizer's in-place update from gradients computed elsewhere (a dict like value_and_grad's): what
         step() does after its backward pass."""
-        arrays = []
-        for name in PARAMS:
+        arrays = {}
+        for name in TRAINABLE:
             grad = grads.get(name)
             if grad is None or np.shape(grad) != _SHAPES[name]:
                 got = "nothing" if grad is None else f"shape {np.shape(grad)}"
                 raise ValueError(
                     f"gradient of {name!r}: expected shape {_SHAPES[name]}, got {got}"
                 )
-            arrays.append(np.asarray(grad, dtype=DTYPE))
+            arrays[name] = np.asarray(grad, dtype=DTYPE)
         if self.check_finite:
             _check_finite(
                 self.steps + 1,
-                *((f"d loss / d {name}", g) for name, g in zip(PARAMS, arrays)),
+                *((f"d loss / d {name}", g) for name, g in arrays.items()),
             )
-        self._apply(arrays)
+        for name, grad in arrays.items():
+            np.copyto(self._grads[name], grad)
+        self._apply()
 
-    def _apply(self, grads, own=False):
-        """SGD (torch.optim.SGD), in place: one update of every param from its gradient (in PARAMS order).
-        own: the gradients are step()'s buffers, which the update may overwrite."""
+    def _apply(self):
+        """SGD (torch.optim.SGD), in place: one update of the flat params from the flat gradients (each param's
+        part from its gradient, element by element, as a per-param update would)."""
         hp = self.hyperparams
         lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
         weight_decay, nesterov = hp["weight_decay"], hp["nesterov"]
-        if momentum and not self._state[PARAMS[0]]:
+        if momentum and not self._flat_state:
             raise ValueError(
                 "momentum was 0 when this Trainer was made, so it keeps no momentum buffers: make a Trainer with momentum"
             )
         self.steps += 1
-        for name, grad in zip(PARAMS, grads):
-            param = self.params[name]
-            (momentum_buffer,) = self._state[name] or (None,)
-            tmp, tmp2 = self._scratch[name]
-            if weight_decay:  # L2: grad + weight_decay * param
-                np.multiply(param, weight_decay, out=tmp)
-                grad = np.add(grad, tmp, out=tmp)
-            if momentum:
-                if self.steps == 1:
-                    np.copyto(momentum_buffer, grad)
-                else:  # momentum * momentum_buffer + (1 - dampening) * grad
-                    momentum_buffer *= momentum
-                    momentum_buffer += np.multiply(grad, 1 - dampening, out=tmp2)
-                if nesterov:  # grad + momentum * momentum_buffer
-                    grad = np.add(
-                        grad, np.multiply(momentum_buffer, momentum, out=tmp2), out=tmp2
-                    )
-                else:
-                    grad = momentum_buffer
-            # lr * grad: in place where grad is step()'s own buffer, dead after this (or a temporary)
-            param -= np.multiply(grad, lr, out=grad if own and not momentum else tmp2)
+        # every param at once: the flat arrays
+        param, grad = self._flat_params, self._flat_grads
+        (momentum_buffer,) = self._flat_state or (None,)
+        tmp, tmp2 = self._scratch
+        if weight_decay:  # L2: grad + weight_decay * param
+            np.multiply(param, weight_decay, out=tmp)
+            grad = np.add(grad, tmp, out=tmp)
+        if momentum:
+            if self.steps == 1:
+                np.copyto(momentum_buffer, grad)
+            else:  # momentum * momentum_buffer + (1 - dampening) * grad
+                momentum_buffer *= momentum
+                momentum_buffer += np.multiply(grad, 1 - dampening, out=tmp2)
+            if nesterov:  # grad + momentum * momentum_buffer
+                grad = np.add(
+                    grad, np.multiply(momentum_buffer, momentum, out=tmp2), out=tmp2
+                )
+            else:
+                grad = momentum_buffer
+        # lr * grad: in place where grad is the flat gradients or a temporary (not the momentum buffer)
+        param -= np.multiply(grad, lr, out=tmp2 if momentum else grad)
 
     def fit(
         self,
@@ -591,7 +604,7 @@ class Trainer:
                 f"the state is of optimizer {str(state.get('optimizer'))!r}, this Trainer's is {OPTIMIZER!r}"
             )
         kept = any(key.startswith("momentum_buffer.") for key in state)
-        if kept != bool(self._state[PARAMS[0]]):
+        if kept != bool(self._flat_state):
             raise ValueError(
                 f"the state {'has' if kept else 'has no'} momentum_buffer arrays, but this Trainer's momentum is {self.hyperparams['momentum']!r}: "
                 "make the Trainer with the momentum the state was saved with (momentum 0 keeps no momentum_buffer)"
@@ -631,8 +644,8 @@ class Trainer:
         return self
 
     def _arrays(self):
-        arrays = {f"params.{name}": self.params[name] for name in PARAMS}
-        for name in PARAMS:
+        arrays = {f"params.{name}": self._params[name] for name in PARAMS}
+        for name in TRAINABLE:
             arrays.update(
                 (f"{key}.{name}", value)
                 for key, value in zip(("momentum_buffer",), self._state[name])
