@@ -481,8 +481,9 @@ def mean(x, axis=None, keepdims=False, name=None) -> Tensor:
     return apply("mean", x, name=name, axis=axis, keepdims=keepdims)
 
 
-def transpose(x, name=None) -> Tensor:
-    return apply("transpose", x, name=name)
+def transpose(x, axes=None, name=None) -> Tensor:
+    """np.transpose: a view; ``axes`` a permutation (None: the 2-D transpose)."""
+    return apply("transpose", x, name=name) if axes is None else apply("transpose", x, name=name, axes=tuple(axes))
 
 
 def cross_entropy(logits, target, reduction="mean", name=None) -> Tensor:

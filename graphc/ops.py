@@ -157,14 +157,15 @@ def broadcast_shape(shapes, attrs):
 
 
 def matmul_shape(shapes, attrs):
+    """NumPy's matmul of operands of at least 2 dimensions: the leading (batch) dimensions broadcast."""
     a, b = shapes
-    if len(a) != 2 or len(b) != 2:
-        raise ShapeError(f"matmul needs 2-D operands, got {fmt(a)} and {fmt(b)}")
-    if not same_dim(a[1], b[0]):
-        why = f"{a[1]} != {b[0]}" if isinstance(a[1], int) and isinstance(b[0], int) else \
-            f"dimension {fmt_dim(a[1])} and {fmt_dim(b[0])} cannot be proven equal"
+    if len(a) < 2 or len(b) < 2:
+        raise ShapeError(f"matmul needs operands of at least 2 dimensions, got {fmt(a)} and {fmt(b)}")
+    if not same_dim(a[-1], b[-2]):
+        why = f"{a[-1]} != {b[-2]}" if isinstance(a[-1], int) and isinstance(b[-2], int) else \
+            f"dimension {fmt_dim(a[-1])} and {fmt_dim(b[-2])} cannot be proven equal"
         raise ShapeError(f"shapes {fmt(a)} and {fmt(b)} do not align ({why})")
-    return (a[0], b[1])
+    return broadcast_shape([a[:-2], b[:-2]], attrs) + (a[-2], b[-1])
 
 
 def same_shape(shapes, attrs):
@@ -172,9 +173,15 @@ def same_shape(shapes, attrs):
 
 
 def transpose_shape(shapes, attrs):
-    if len(shapes[0]) != 2:
-        raise ShapeError(f"transpose needs a 2-D operand, got {fmt(shapes[0])}")
-    return tuple(reversed(shapes[0]))
+    """np.transpose: ``axes`` a permutation of the operand's axes, or None (all reversed: ``a.T``)."""
+    (shape,), perm = shapes, attrs.get("axes")
+    if perm is None:
+        if len(shape) != 2:
+            raise ShapeError(f"transpose needs a 2-D operand, got {fmt(shape)} (or axes=(...))")
+        return tuple(reversed(shape))
+    if sorted(a % len(shape) if -len(shape) <= a < len(shape) else a for a in perm) != list(range(len(shape))):
+        raise ShapeError(f"transpose axes {fmt(perm)} are not a permutation of the {len(shape)} axes of {fmt(shape)}")
+    return tuple(shape[a] for a in perm)
 
 
 def axes(axis, shape) -> tuple:
@@ -315,8 +322,10 @@ def div_vjp(b, v, xs, g):
 
 
 def matmul_vjp(b, v, xs, g):
+    """dx = g @ y^T, dy = x^T @ g (^T: the last two axes swapped), each summed over the batch dimensions that
+    broadcasting gave it."""
     x, y = xs
-    return [b.matmul(g, b.T(b.fwd(y))), b.matmul(b.T(b.fwd(x)), g)]
+    return [b.unbroadcast(b.matmul(g, b.T(b.fwd(y))), x), b.unbroadcast(b.matmul(b.T(b.fwd(x)), g), y)]
 
 
 def relu_vjp(b, v, xs, g):
@@ -378,7 +387,11 @@ def mean_vjp(b, v, xs, g):
 
 
 def transpose_vjp(b, v, xs, g):
-    return [b.T(g)]
+    perm = b.attrs(v).get("axes")
+    if perm is None:
+        return [b.T(g)]
+    inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i] % len(perm)))
+    return [b.node("transpose", g, axes=inverse, hint=f"d{v}_T")]
 
 
 def scaled(b, v, g, dims):
@@ -429,7 +442,10 @@ op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defa
    reduces="sum")
 op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False},
    reduces="mean")
-op("transpose", 1, transpose_shape, transpose_vjp, inline=True)  # a view, folded into its consumer: ``W2.T``
+PERMUTATION = Check(lambda v: v is None or isinstance(v, tuple) and all(is_int(a) for a in v),
+                    "a tuple of ints or None", lambda v: v if v is None else tuple(int(a) for a in v))
+op("transpose", 1, transpose_shape, transpose_vjp, attrs={"axes": PERMUTATION},
+   inline=True)  # a view, folded into its consumer: ``W2.T``, ``q.transpose((0, 2, 1, 3))``
 op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"reduction": "mean"},
    scratch=True, keeps="sub", loss=True,
    template_attrs=mse_template)  # the error pred - target, squared and summed without a temporary

@@ -159,7 +159,7 @@ SPEC_ERRORS = {
         text=spec('pred = "X @ W"\nloss = "binary_cross_entropy_with_logits(pred, y)"',
                   inputs='[inputs]\nX = [4, 3]\ny = [4, 3]\n')),
     "transpose of 1-D": Case(
-        ShapeError, "node 'loss_transpose': loss_transpose = transpose(b): transpose needs a 2-D operand, got (2,)",
+        ShapeError, "node 'loss_transpose': loss_transpose = transpose(b): transpose needs a 2-D operand, got (2,) (or axes=(...))",
         node="loss_transpose",
         text=spec('pred = "X @ W"\nloss = "mse(pred, transpose(b))"',
                   params='[params]\nW = { shape = [3, 2] }\nb = { shape = [2] }\n')),
