@@ -240,14 +240,16 @@ def used_dims(dims: dict, body: list, extra=()) -> list[str]:
 
 
 def classes_of(G, v):
-    """An integer input's number of classes (the last axis of the first operand of an op that takes it as class
-    indices: the logits of cross_entropy), else None."""
+    """An integer input's number of classes (where Op.classes of an op that takes it as class indices says: the
+    logits' class axis for cross_entropy, the weight's rows for embedding), else None."""
     if G.nodes[v]["dtype"] in DTYPES:
         return None
     for w in G.successors(v):
         args = operands(G, w)
-        if any(args[i] == v for i in OPS[G.nodes[w]["op"]].int_operands):
-            return G.nodes[args[0]]["shape"][-1]
+        op = OPS[G.nodes[w]["op"]]
+        if any(args[i] == v for i in op.int_operands):
+            operand, axis = op.classes
+            return G.nodes[args[operand]]["shape"][axis]
     return None
 
 

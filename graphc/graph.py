@@ -206,7 +206,7 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     for i in ints:
         if i not in op.int_operands:
             raise GraphError(f"{args[i]} is an integer input (class indices): only the target of cross_entropy "
-                             "may be integer", node=v)
+                             "or the ids of embedding may be integer", node=v)
     dtypes = {G.nodes[a]["dtype"] for i, a in enumerate(args) if i not in ints}
     if len(dtypes) > 1:
         raise GraphError(f"operands mix dtypes {sorted(dtypes)}", node=v)
@@ -656,3 +656,18 @@ def flatten(x, start_dim=1, name=None) -> Tensor:
 def reshape(x, shape, name=None) -> Tensor:
     """= torch.reshape: one -1 at most; an entry may be a dimension name ("N"), which x must have."""
     return apply("reshape", x, name=name, shape=shape)
+
+
+def embedding(ids, weight, name=None) -> Tensor:
+    """= torch.nn.functional.embedding: ``ids`` an integer input of any shape, ``weight`` (V, D)."""
+    return apply("embedding", ids, weight, name=name)
+
+
+def where(cond, a, b, name=None) -> Tensor:
+    """= torch.where: ``cond`` a boolean input (dtype "bool"); gradients to ``a`` and ``b``."""
+    return apply("where", cond, a, b, name=name)
+
+
+def attention(q, k, v, causal=False, scale=None, name=None) -> Tensor:
+    """= torch.nn.functional.scaled_dot_product_attention on (..., T, d), without mask or dropout."""
+    return apply("attention", q, k, v, name=name, causal=causal, scale=scale)

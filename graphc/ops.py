@@ -35,7 +35,8 @@ class Op:
     scratch: bool = False  # it needs a temporary shaped like its first operand...
     scratch_from: int | None = None  # ...which may be the buffer of this operand, if it dies there
     scratches: Callable | None = None  # or several temporaries: (shapes, attrs) -> [(shape, dtype or None)]
-    int_operands: tuple = ()  # positions where an integer input is allowed (class indices of operand 0's last axis)
+    int_operands: tuple = ()  # positions where an integer input is allowed (class indices)...
+    classes: tuple = (0, -1)  # ...whose count is the size of this (operand, axis): the logits' last axis
     template_attrs: Callable | None = None  # (operand shapes, attrs, dtype, into) -> the attrs its macros take
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
     own_array: bool = False  # it gives a gradient an array of its own (its statement's note says so)
@@ -699,6 +700,39 @@ op("slice", 1, slice_shape, slice_vjp, attrs={"axis": ONE_AXIS, "start": INT, "s
    defaults={"axis": -1, "start": 0, "stop": None, "step": 1}, inline=True, template_attrs=slice_index)
 internal("slice_grad", 1, attr_shape, attrs={"shape": tuple, "axis": int, "start": int, "stop": object, "step": int},
          template_attrs=lambda shapes, attrs, dtype, into: slice_index([attrs["shape"]], attrs))
+
+
+# ---- attention (DESIGN section 15): embedding, where, attention ---------------------------------------------
+def embedding_shape(shapes, attrs, ints=()):
+    """ids (any shape, integer) and weight (V, D) -> ids.shape + (D,)."""
+    ids, weight = shapes
+    if 0 not in ints:
+        raise ShapeError(f"embedding ids {fmt(ids)} must be an integer input (dtype = \"int64\")")
+    if len(weight) != 2:
+        raise ShapeError(f"embedding weight {fmt(weight)} must be 2-D (V, D): one row per id")
+    if any(isinstance(d, str) for d in weight):
+        raise ShapeError(f"embedding weight {fmt(weight)} must have fixed sizes")
+    return tuple(ids) + (weight[1],)
+
+
+def embedding_vjp(b, v, xs, g):  # the rows of g added into each id's row of d weight
+    ids, weight = xs
+    return [None, b.node("embedding_grad", g, b.fwd(ids), shape=tuple(b.shape(weight)))]
+
+
+def embedding_grad_attrs(shapes, attrs, dtype=None, into=False):
+    V, D = attrs["shape"]  # np.bincount sums in float64: cast back for another dtype
+    return {**attrs, "V": V, "D": D, "size": V * D, "cast": None if dtype == "float64" else dtype}
+
+
+def embedding_grad_scratch(shapes, attrs):  # each element's flat index in d weight, and the columns 0..D-1
+    return [(shapes[0], "int64"), ((attrs["shape"][1],), "int64")]
+
+
+op("embedding", 2, embedding_shape, embedding_vjp, int_operands=(0,), classes=(1, 0),
+   backends=NUMPY_ONLY)  # weight.take(ids, axis=0)
+internal("embedding_grad", 2, attr_shape, attrs={"shape": tuple}, template_attrs=embedding_grad_attrs,
+         scratches=embedding_grad_scratch, backends=NUMPY_ONLY)  # np.bincount over flat indices: no np.add.at
 
 
 # ---- convolutional networks (DESIGN section 14): NCHW, as torch.nn.functional ------------------------------

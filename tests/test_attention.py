@@ -85,3 +85,72 @@ def test_matmul_transpose_bad_input_is_one_line_naming_the_node(tmp_path, expr, 
         gc.load_spec(spec)
     text = str(err.value)
     assert message in text and "bad" in text and "\n" not in text
+
+
+# ---- embedding ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ids_shape", [(5,), (2, 3), (2, 3, 4), ()])
+def test_embedding_equals_torch(ids_shape):
+    V, D = 6, 3
+    g = gc.Graph("emb")
+    ids = g.input("ids", ids_shape, dtype="int64")
+    out = gc.embedding(ids, g.param("W", (V, D)), name="out")
+    loss = gc.mse(gc.tanh(out), g.input("y", out.shape), reduction="sum", name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, V, ids_shape)
+    if x.size > 3:
+        x.reshape(-1)[:3] = 2  # an id used several times: its rows add up
+    y = rng.standard_normal(out.shape)
+
+    def reference(ps, xs):
+        o = F.embedding(xs[0], ps["W"])
+        return o, torch.sum((torch.tanh(o) - xs[1]) ** 2)
+    against_torch(g, loss, out, random_params(mod), (x, y), reference, predict_inputs=(x,))
+
+
+def test_embedding_float32_and_named_dimension():
+    g = gc.Graph("emb32", dtype="float32")
+    ids = g.input("ids", ("B", 4), dtype="int64")
+    out = gc.embedding(ids, g.param("W", (9, 5)), name="out")
+    loss = gc.mean(out * out, name="loss")
+    mod = gc.compile(g, loss=loss, dims={"B": 2}).load()
+    params = mod.init_params()
+    for n in (3, 1, 3):
+        x = np.random.default_rng(n).integers(0, 9, (n, 4))
+        w = torch.tensor(params["W"], requires_grad=True)
+        torch.mean(F.embedding(torch.tensor(x), w) ** 2).backward()
+        value, grads = mod.value_and_grad(params, x)
+        assert grads["W"].dtype == np.float32
+        np.testing.assert_allclose(grads["W"], w.grad.numpy(), rtol=1e-5, atol=1e-7)
+        assert_trainer_matches_value_and_grad(mod, params, (x,), steps=1)
+
+
+def test_embedding_id_out_of_range_is_a_value_error_naming_the_input():
+    g = gc.Graph("emb")
+    out = gc.embedding(g.input("tokens", (4,), dtype="int64"), g.param("W", (5, 2)), name="out")
+    mod = gc.compile(g, loss=gc.sum(out, name="loss"), outputs=[out]).load()
+    params = mod.init_params()
+    for bad in (5, -1):
+        with pytest.raises(ValueError, match=rf"input 'tokens': class index {bad} is outside \[0, 5\)"):
+            mod.predict(params, np.array([0, 1, bad, 2]))
+        with pytest.raises(ValueError, match="input 'tokens'"):
+            mod.Trainer(params).step(np.array([0, bad, 1, 2]))
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("embedding(ids, V)", "embedding weight (5, 3, 2) must be 2-D (V, D): one row per id"),
+    ("embedding(X, W)", "embedding ids (4, 3) must be an integer input"),
+    ("embedding(W, ids)", "ids is an integer input (class indices): only the target of cross_entropy or the ids "
+     "of embedding may be integer"),
+    ("mse(ids, X)", "ids is an integer input"),
+])
+def test_embedding_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[inputs]\nX = [4, 3]\nids = { shape = [4, 3], dtype = "int64" }\n[params]\n'
+                    f'V = {{ shape = [5, 3, 2] }}\nW = {{ shape = [5, 3] }}\n[nodes]\nbad = "{expr}"\n'
+                    '[train]\nloss = "bad"\n')
+    with pytest.raises(gc.GraphcError) as err:
+        gc.load_spec(spec)
+    text = str(err.value)
+    assert message in text and "bad" in text and "\n" not in text

@@ -131,13 +131,13 @@ SPEC_ERRORS = {
         GraphError, "node 'loss': cross_entropy attribute reduction='none' is not one of 'mean', 'sum'", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y, reduction=\'none\')"')),
     "integer input outside cross_entropy": Case(
-        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy may "
-        "be integer", node="loss",
+        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy or "
+        "the ids of embedding may be integer", node="loss",
         text=spec('pred = "X @ W"\nloss = "mse(pred, labels)"',
                   inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
     "integer logits": Case(
-        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy may "
-        "be integer", node="loss",
+        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy or "
+        "the ids of embedding may be integer", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(labels, pred)"',
                   inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
     "class indices of the wrong shape": Case(
