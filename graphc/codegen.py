@@ -12,7 +12,7 @@ import jinja2
 
 from . import fusion, optim
 from .backends import BACKENDS
-from .graph import DTYPES, describe, dim_names, operands, topo_order
+from .graph import BOOL_DTYPES, DTYPES, describe, dim_names, operands, topo_order
 from .ops import OPS, fmt as shape_text
 from .schedule import Schedule
 
@@ -151,11 +151,13 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         data = G.nodes[p]
         params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn",
                        "stored": data["init"] == "file"})
-    inputs = [{**leaf(v), "classes": classes_of(G, v)} for v in G if G.nodes[v]["op"] == "input"]
+    inputs = [{**leaf(v), "classes": classes_of(G, v), "boolean": G.nodes[v]["dtype"] in BOOL_DTYPES}
+              for v in G if G.nodes[v]["op"] == "input"]
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
+        bools=[x["name"] for x in inputs if x["boolean"]],
     )
     if train is not None:
         ws = sched.workspace

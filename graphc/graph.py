@@ -20,6 +20,7 @@ from .ops import OPS, as_float, check_attrs
 
 DTYPES = ("float64", "float32")
 INT_DTYPES = ("int64",)  # inputs only: class indices
+BOOL_DTYPES = ("bool",)  # inputs only: where's conditions
 INITS = ("zeros", "ones", "randn", "file")  # "file": from the params file (params_file, init_values)
 LEAVES = ("input", "param", "const")
 # Keyword arguments of the generated functions that sit beside the inputs (Trainer.fit(*inputs, epochs=, ...)):
@@ -126,7 +127,7 @@ def concrete(shape, sizes: dict, what: str = "") -> tuple[int, ...]:
 
 def check_dtype(dtype, node: str | None = None, integer: bool = False) -> str:
     if dtype not in DTYPES:
-        allowed = DTYPES + INT_DTYPES if integer else DTYPES
+        allowed = DTYPES + INT_DTYPES + BOOL_DTYPES if integer else DTYPES
         raise GraphError(f"unsupported dtype {dtype!r} (use one of {', '.join(allowed)})", node=node)
     return dtype
 
@@ -204,7 +205,9 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
     ints = [i for i, a in enumerate(args) if G.nodes[a]["dtype"] not in DTYPES]
     for i in ints:
-        if i not in op.int_operands:
+        if G.nodes[args[i]]["dtype"] in BOOL_DTYPES and i not in op.bool_operands:
+            raise GraphError(f"{args[i]} is a boolean input: only the condition of where may be boolean", node=v)
+        if G.nodes[args[i]]["dtype"] in INT_DTYPES and i not in op.int_operands:
             raise GraphError(f"{args[i]} is an integer input (class indices): only the target of cross_entropy "
                              "or the ids of embedding may be integer", node=v)
     dtypes = {G.nodes[a]["dtype"] for i, a in enumerate(args) if i not in ints}
@@ -213,7 +216,9 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     data.setdefault("dtype", dtypes.pop())
     try:
         shapes = [G.nodes[a]["shape"] for a in args]
-        return op.shape(shapes, data["attrs"], ints) if op.int_operands else op.shape(shapes, data["attrs"])
+        if op.int_operands or op.bool_operands:
+            return op.shape(shapes, data["attrs"], ints)
+        return op.shape(shapes, data["attrs"])
     except ShapeError as err:
         err.message = f"{describe(G, v)}: {err.message}"
         raise err.located(node=v)
@@ -322,7 +327,7 @@ class Graph:
         if name in INPUT_RESERVED:
             raise GraphError(f"input name {name!r} is a keyword argument of Trainer.fit; rename the input", node=name)
         shape = check_shape(shape, name, named=True)
-        if dtype not in INT_DTYPES:
+        if dtype not in INT_DTYPES + BOOL_DTYPES:
             dtype = check_dtype(dtype or self.dtype, name, integer=True)
         self.nx.add_node(name, op="input", shape=shape, dtype=dtype, attrs={})
         return Tensor(self, name)

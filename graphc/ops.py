@@ -37,6 +37,7 @@ class Op:
     scratches: Callable | None = None  # or several temporaries: (shapes, attrs) -> [(shape, dtype or None)]
     int_operands: tuple = ()  # positions where an integer input is allowed (class indices)...
     classes: tuple = (0, -1)  # ...whose count is the size of this (operand, axis): the logits' last axis
+    bool_operands: tuple = ()  # positions where a boolean input is allowed (where's condition)
     template_attrs: Callable | None = None  # (operand shapes, attrs, dtype, into) -> the attrs its macros take
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
     own_array: bool = False  # it gives a gradient an array of its own (its statement's note says so)
@@ -733,6 +734,22 @@ op("embedding", 2, embedding_shape, embedding_vjp, int_operands=(0,), classes=(1
    backends=NUMPY_ONLY)  # weight.take(ids, axis=0)
 internal("embedding_grad", 2, attr_shape, attrs={"shape": tuple}, template_attrs=embedding_grad_attrs,
          scratches=embedding_grad_scratch, backends=NUMPY_ONLY)  # np.bincount over flat indices: no np.add.at
+
+
+def where_shape(shapes, attrs, ints=()):
+    if 0 not in ints:
+        raise ShapeError(f"where's condition {fmt(shapes[0])} must be a boolean input (dtype = \"bool\")")
+    return broadcast_shape(shapes, attrs)
+
+
+def where_vjp(b, v, xs, g):  # g where cond, to a; g where not cond, to b
+    cond, x, y = xs
+    return [None, b.unbroadcast(b.node("where_grad", g, b.fwd(cond), side="a", hint=f"d{v}_a"), x),
+            b.unbroadcast(b.node("where_grad", g, b.fwd(cond), side="b", hint=f"d{v}_b"), y)]
+
+
+op("where", 3, where_shape, where_vjp, bool_operands=(0,), backends=NUMPY_ONLY)
+internal("where_grad", 2, same_shape, attrs={"side": str}, backends=NUMPY_ONLY)
 
 
 # ---- convolutional networks (DESIGN section 14): NCHW, as torch.nn.functional ------------------------------

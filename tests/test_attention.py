@@ -154,3 +154,50 @@ def test_embedding_bad_input_is_one_line_naming_the_node(tmp_path, expr, message
         gc.load_spec(spec)
     text = str(err.value)
     assert message in text and "bad" in text and "\n" not in text
+
+
+# ---- where -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shapes", [[(3, 4), (3, 4), (3, 4)], [(3, 4), (4,), (3, 1)], [(4,), (3, 4), ()],
+                                    [(2, 1, 4), (3, 4), (2, 3, 1)]])
+def test_where_equals_torch(shapes):
+    g = gc.Graph("where")
+    cond = g.input("cond", shapes[0], dtype="bool")
+    out = gc.where(cond, g.param("a", shapes[1]), g.param("b", shapes[2]), name="out")
+    loss = gc.mse(out, g.input("y", out.shape), reduction="sum", name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    rng = np.random.default_rng(0)
+    c, y = rng.random(shapes[0]) < 0.5, rng.standard_normal(out.shape)
+
+    def reference(ps, xs):
+        o = torch.where(xs[0], ps["a"], ps["b"])
+        return o, torch.sum((o - xs[1]) ** 2)
+    against_torch(g, loss, out, random_params(mod), (c, y), reference, predict_inputs=(c,))
+
+
+def test_where_with_a_constant_branch_and_its_input_checks():
+    g = gc.Graph("masked")
+    x = g.param("x", (3, 3))
+    out = gc.where(g.input("keep", (3, 3), dtype="bool"), x, -1e9, name="out")
+    mod = gc.compile(g, loss=gc.sum(gc.softmax(out, axis=-1) * x, name="loss"), outputs=[out]).load()
+    params, keep = random_params(mod), np.tril(np.ones((3, 3), dtype=bool))
+    np.testing.assert_array_equal(mod.predict(params, keep), np.where(keep, params["x"], -1e9))
+    check_gradients(mod, params, (keep,))
+    assert_trainer_matches_value_and_grad(mod, params, (keep,))
+    with pytest.raises(ValueError, match=r"input 'keep': expected shape \(3, 3\) bool, got \(3, 3\) float64"):
+        mod.predict(params, keep.astype(float))
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("where(X, X, X)", "where's condition (4, 3) must be a boolean input"),
+    ("where(m, m, X)", "m is a boolean input: only the condition of where may be boolean"),
+    ("mse(m, X)", "m is a boolean input: only the condition of where may be boolean"),
+])
+def test_where_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[inputs]\nX = [4, 3]\nm = { shape = [4, 3], dtype = "bool" }\n[nodes]\n'
+                    f'bad = "{expr}"\n[train]\nloss = "bad"\n')
+    with pytest.raises(gc.GraphcError) as err:
+        gc.load_spec(spec)
+    text = str(err.value)
+    assert message in text and "bad" in text and "\n" not in text
