@@ -212,12 +212,17 @@ def along_axis_shape(shapes, attrs):  # softmax, log_softmax
 
 
 def cross_entropy_shape(shapes, attrs, ints=()):
+    """logits (N, C) or (N, C, d1, ...), as torch: the classes along axis 1; target class indices (N, d1, ...) or
+    probabilities shaped like the logits."""
     logits, target = shapes
-    if len(logits) != 2:
-        raise ShapeError(f"cross_entropy needs logits of shape (N, C), got {fmt(logits)}")
+    if len(logits) < 2:
+        raise ShapeError(f"cross_entropy needs logits of shape (N, C) or (N, C, d1, ...), got {fmt(logits)}")
+    if len(logits) > 2 and any(isinstance(d, str) for d in logits[1:]):
+        raise ShapeError(f"cross_entropy of logits {fmt(logits)}: only the batch dimension may be named")
     if 1 in ints:  # class indices
-        if len(target) != 1 or not same_dim(target[0], logits[0]):
-            raise ShapeError(f"class indices {fmt(target)} must have shape ({logits[0]},) for logits {fmt(logits)}")
+        rows = logits[:1] + logits[2:]
+        if len(target) != len(rows) or not all(same_dim(a, b) for a, b in zip(target, rows)):
+            raise ShapeError(f"class indices {fmt(target)} must have shape {fmt(rows)} for logits {fmt(logits)}")
     elif target != logits:
         raise ShapeError(f"target probabilities {fmt(target)} must have the shape of the logits {fmt(logits)} "
                          "(class indices are an int64 input)")
@@ -239,18 +244,24 @@ def log_softmax_scratch(shapes, attrs):  # the max, then the log of the sum
     return [(reduced_row(shapes, attrs), None)] * 2
 
 
+def ce_rows(logits) -> tuple:
+    """cross_entropy's rows: the logits' shape without the class axis (1)."""
+    return tuple(logits[:1]) + tuple(logits[2:])
+
+
 def cross_entropy_scratch(shapes, attrs):
-    """The softmax (kept for the gradient), two rows and, for class indices, their flat indices; for
-    probabilities, the terms of the loss."""
+    """The softmax (kept for the gradient), two rows and, for class indices, their flat indices (two arrays for
+    logits of more than 2 dimensions); for probabilities, the terms of the loss."""
     logits, target = shapes
-    n = logits[:1]
-    last = [(n, "int64")] if len(target) == 1 else [(logits, None)]
+    n = ce_rows(logits)
+    last = [(n, "int64")] * (1 if len(logits) == 2 else 2) if len(target) < len(logits) else [(logits, None)]
     return [(logits, None), (n, None), (n, None)] + last
 
 
 def cross_entropy_grad_scratch(shapes, attrs):  # a row, and the targets' flat indices
     scale, probs, target = shapes
-    return [(probs[:1], None)] + ([(probs[:1], "int64")] if len(target) == 1 else [])
+    n = ce_rows(probs)
+    return [(n, None)] + ([(n, "int64")] * (1 if len(probs) == 2 else 2) if len(target) < len(probs) else [])
 
 
 def loss_shape(shapes, attrs):
@@ -298,7 +309,15 @@ def mse_template(shapes, attrs, dtype, into):  # the workspace form divides by t
 
 
 def cross_entropy_template(shapes, attrs, dtype, into):  # the target: class indices, or probabilities
-    return {**attrs, "indices": len(shapes[1]) == 1}
+    logits = shapes[0]
+    return {**attrs, "indices": len(shapes[1]) < len(logits), **ce_spatial(logits)}
+
+
+def ce_spatial(logits) -> dict:
+    """For logits (N, C, d1, ...): C and S = d1 * ... (the flat index of [n, c, s] is n * C * S + c * S + s)."""
+    if len(logits) == 2:
+        return {"spatial": None}
+    return {"spatial": {"C": logits[1], "S": math.prod(logits[2:]), "rank": len(logits)}}
 
 
 # ---- gradient rules --------------------------------------------------------------------------------------
@@ -403,8 +422,8 @@ def scaled(b, v, g, dims):
 
 def cross_entropy_vjp(b, v, xs, g):
     logits, target = xs
-    indices = len(b.shape(target)) == 1
-    scale = scaled(b, v, g, b.shape(logits)[:1])  # 'mean' divides by N, the batch size
+    indices = len(b.shape(target)) < len(b.shape(logits))
+    scale = scaled(b, v, g, ce_rows(b.shape(logits)))  # 'mean' divides by N (times d1 ...), the rows
     probs = b.node("softmax", b.fwd(logits), axis=1, hint=f"{logits}_softmax")  # the forward computed it
     dlogits = b.node("cross_entropy_grad", scale, probs, b.fwd(target), indices=indices)
     if indices:
@@ -452,7 +471,8 @@ op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"red
    scratch=True, keeps="sub", loss=True,
    template_attrs=mse_template)  # the error pred - target, squared and summed without a temporary
 op("cross_entropy", 2, cross_entropy_shape, cross_entropy_vjp, attrs={"reduction": REDUCTION},
-   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch, keeps="softmax", loss=True,
+   defaults={"reduction": "mean"}, int_operands=(1,), classes=(0, 1), scratches=cross_entropy_scratch, keeps="softmax",
+   loss=True,
    template_attrs=cross_entropy_template)
 op("binary_cross_entropy_with_logits", 2, bce_shape, bce_vjp, attrs={"reduction": REDUCTION},
    defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2,
@@ -475,7 +495,8 @@ internal("softmax_grad", 2, same_shape, attrs={"axis": int}, scratches=softmax_s
 internal("log_softmax_grad", 2, same_shape, attrs={"axis": int}, inplace=(1,),
          scratches=softmax_scratch)  # g - exp(y) * sum(g): may write over y, not over g
 internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indices": bool}, inplace=(1,),
-         scratches=cross_entropy_grad_scratch)  # (softmax - target) * scale, from the softmax
+         scratches=cross_entropy_grad_scratch, template_attrs=lambda shapes, attrs, dtype, into: {
+             **attrs, **ce_spatial(shapes[1])})  # (softmax - target) * scale, from the softmax
 internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
 internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple})  # a reduction's gradient
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
@@ -750,6 +771,76 @@ def where_vjp(b, v, xs, g):  # g where cond, to a; g where not cond, to b
 
 op("where", 3, where_shape, where_vjp, bool_operands=(0,), backends=NUMPY_ONLY)
 internal("where_grad", 2, same_shape, attrs={"side": str}, backends=NUMPY_ONLY)
+
+
+def attention_batch(shapes) -> tuple:
+    """The leading (batch, head) dimensions of q, k and v, broadcast."""
+    q, k, v = shapes
+    for what, shape in zip("qkv", shapes):
+        if len(shape) < 2:
+            raise ShapeError(f"attention {what} {fmt(shape)} must be (..., T, d): at least 2-D")
+    try:
+        return broadcast_shape([q[:-2], k[:-2], v[:-2]], {})
+    except ShapeError:
+        raise ShapeError(f"attention q {fmt(q)}, k {fmt(k)} and v {fmt(v)}: their batch and head dimensions "
+                         f"{fmt(q[:-2])}, {fmt(k[:-2])} and {fmt(v[:-2])} do not broadcast") from None
+
+
+def attention_shape(shapes, attrs):
+    """q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) -> (..., Tq, dv)."""
+    q, k, v = shapes
+    batch = attention_batch(shapes)
+    if not same_dim(q[-1], k[-1]):
+        raise ShapeError(f"attention q {fmt(q)} and k {fmt(k)} have different head sizes ({q[-1]} and {k[-1]})")
+    if not same_dim(k[-2], v[-2]):
+        raise ShapeError(f"attention k {fmt(k)} and v {fmt(v)} have different numbers of keys ({k[-2]} and {v[-2]})")
+    if isinstance(q[-1], str):
+        raise ShapeError(f"attention q {fmt(q)}: the head size must be fixed")
+    return batch + (q[-2], v[-1])
+
+
+def attention_scale(shapes, attrs) -> float:
+    """The scores' factor: ``scale``, or 1 / sqrt(d) as torch."""
+    return attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(shapes[0][-1])
+
+
+def attention_probs_shape(shapes, attrs):  # softmax(q @ k^T * scale): (..., Tq, Tk)
+    q, k = shapes
+    return broadcast_shape([q[:-2], k[:-2]], {}) + (q[-2], k[-2])
+
+
+def attention_attrs(shapes, attrs, dtype=None, into=False):
+    return {"causal": attrs["causal"], "scale": attention_scale(shapes, attrs)}
+
+
+def attention_scratch(shapes, attrs):  # the attention weights (kept for the backward), the rows' max and sum
+    probs = attention_probs_shape(shapes[:2], attrs)
+    return [(probs, None), (probs[:-1] + (1,), None)]
+
+
+def attention_vjp(b, v, xs, g):
+    """With P the attention weights (kept from the forward) and S the scores: dV = P^T @ g, dP = g @ V^T,
+    dS = P * (dP - sum(dP * P)) * scale (softmax's gradient), dQ = dS @ K, dK = dS^T @ Q."""
+    q, k, val = xs
+    attrs = {"causal": b.attrs(v)["causal"], "scale": attention_scale([b.shape(q)], b.attrs(v))}
+    probs = b.node("attention_probs", b.fwd(q), b.fwd(k), hint=f"{v}_weights", **attrs)  # the forward computed it
+    dv = b.node("matmul", b.T(probs), g, hint=f"d{val}_heads")
+    dprobs = b.node("matmul", g, b.T(b.fwd(val)), hint=f"d{v}_weights")
+    dscores = b.mul(b.node("softmax_grad", dprobs, probs, axis=-1, hint=f"d{v}_softmax"), b.const(attrs["scale"]),
+                    hint=f"d{v}_scores")
+    dq = b.node("matmul", dscores, b.fwd(k), hint=f"d{q}_heads")
+    dk = b.node("matmul", b.T(dscores), b.fwd(q), hint=f"d{k}_heads")
+    return [b.unbroadcast(dq, q), b.unbroadcast(dk, k), b.unbroadcast(dv, val)]
+
+
+SCALE = Check(lambda v: v is None or POSITIVE.test(v), "a positive finite number or None (1 / sqrt(d))",
+              lambda v: v if v is None else float(v))
+op("attention", 3, attention_shape, attention_vjp, attrs={"causal": BOOL, "scale": SCALE},
+   defaults={"causal": False, "scale": None}, scratches=attention_scratch, keeps="attention_probs",
+   template_attrs=attention_attrs, helpers=("causal",), backends=NUMPY_ONLY)
+internal("attention_probs", 2, attention_probs_shape, attrs={"causal": bool, "scale": float},
+         scratches=lambda shapes, attrs: [(attention_probs_shape(shapes, attrs)[:-1] + (1,), None)],
+         helpers=("causal",), backends=NUMPY_ONLY)  # softmax(q @ k^T * scale), future keys hidden if causal
 
 
 # ---- convolutional networks (DESIGN section 14): NCHW, as torch.nn.functional ------------------------------
@@ -1174,6 +1265,8 @@ def flatten_shape(shapes, attrs):
 
 
 def view_vjp(b, v, xs, g):  # reshape and flatten: the gradient is g seen in x's shape
+    if b.A.nodes[g]["op"] in ("transpose", "slice"):  # a strided view: NumPy's reshape would copy it on each call,
+        g = b.node("copy", g, hint=f"{g}_contiguous")  # so it is copied once, into a buffer of the workspace
     return [b.node("reshape", g, shape=tuple(b.shape(xs[0])), hint=f"d{xs[0]}_view")]
 
 

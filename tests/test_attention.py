@@ -201,3 +201,159 @@ def test_where_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
         gc.load_spec(spec)
     text = str(err.value)
     assert message in text and "bad" in text and "\n" not in text
+
+
+# ---- softmax, log_softmax and cross_entropy at any rank ------------------------------------------------------
+
+@pytest.mark.parametrize("op, axis", [("softmax", -1), ("softmax", 1), ("log_softmax", 0), ("log_softmax", -2)])
+def test_softmax_at_any_rank_equals_torch(op, axis):
+    g = gc.Graph("sm")
+    x = g.param("x", (2, 3, 4, 5))
+    out = g.apply(op, x * 3.0, name="out", axis=axis)
+    loss = gc.sum(out * g.input("w", out.shape), name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    w = np.random.default_rng(1).standard_normal(out.shape)
+
+    def reference(ps, xs):
+        o = getattr(F, op)(ps["x"] * 3.0, dim=axis)
+        return o, torch.sum(o * xs[0])
+    against_torch(g, loss, out, random_params(mod), (w,), reference)
+
+
+@pytest.mark.parametrize("logits, indices, reduction", [((4, 5, 3), True, "mean"), ((2, 4, 3, 2), True, "sum"),
+                                                        ((3, 4, 5), False, "mean"), ((2, 3, 2, 2), False, "sum"),
+                                                        ((6, 4), True, "mean")])
+def test_cross_entropy_of_n_c_d_logits_equals_torch(logits, indices, reduction):
+    """(N, C, d1, ...) logits, as torch: a language model's (B, C, T), here a transposed view of (B, T, C)."""
+    g = gc.Graph("ce")
+    perm = (0, len(logits) - 1) + tuple(range(1, len(logits) - 1))
+    h = g.param("h", tuple(logits[i] for i in (0, *range(2, len(logits)), 1)))  # (N, d1, ..., C)
+    z = gc.transpose(h * 1.5, axes=perm, name="z") if len(logits) > 2 else h * 1.5
+    rows = logits[:1] + logits[2:]
+    target = g.input("t", rows, dtype="int64") if indices else g.input("t", logits)
+    loss = gc.cross_entropy(z, target, reduction=reduction, name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, logits[1], rows) if indices else rng.dirichlet(np.ones(logits[1]), rows).transpose(
+        perm if len(logits) > 2 else (0, 1)).copy()
+
+    def reference(ps, xs):
+        zt = torch.permute(ps["h"] * 1.5, perm)
+        return zt, F.cross_entropy(zt, xs[0], reduction=reduction)
+    g.nx.graph["outputs"] = None
+    params = random_params(mod)
+    ps = {"h": torch.tensor(params["h"], requires_grad=True)}
+    _, t_loss = reference(ps, [torch.tensor(t)])
+    t_loss.backward()
+    value, grads = mod.value_and_grad(params, t)
+    assert value == pytest.approx(t_loss.item(), rel=1e-13)
+    np.testing.assert_allclose(grads["h"], ps["h"].grad.numpy(), rtol=1e-12, atol=1e-15)
+    check_gradients(mod, params, (t,))
+    assert_trainer_matches_value_and_grad(mod, params, (t,), steps=2)
+
+
+def test_cross_entropy_class_index_out_of_range_along_axis_1():
+    g = gc.Graph("ce")
+    loss = gc.cross_entropy(g.param("z", (2, 3, 4)), g.input("t", (2, 4), dtype="int64"), name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    with pytest.raises(ValueError, match=r"input 't': class index 3 is outside \[0, 3\)"):
+        mod.loss(mod.init_params(), np.array([[0, 1, 2, 3], [0, 0, 0, 0]]))
+
+
+# ---- attention ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shapes, attrs", [
+    ([(2, 3, 5, 4), (2, 3, 5, 4), (2, 3, 5, 6)], {}),
+    ([(2, 3, 5, 4), (2, 3, 5, 4), (2, 3, 5, 4)], {"causal": True}),
+    ([(4, 3), (6, 3), (6, 2)], {"scale": 0.3}),
+    ([(2, 4, 3), (2, 6, 3), (2, 6, 2)], {"causal": True}),  # Tq < Tk: torch's top-left causal mask
+    ([(2, 3, 4, 4), (2, 1, 4, 4), (1, 1, 4, 5)], {"causal": True, "scale": 2.0}),  # k, v shared by the heads
+    ([(1, 5, 8), (1, 5, 8), (1, 5, 8)], {"causal": True}),
+])
+def test_attention_equals_torch(shapes, attrs):
+    g = gc.Graph("att")
+    q, k, v = (g.param(name, shape) for name, shape in zip("qkv", shapes))
+    out = gc.attention(q, k, v, name="out", **attrs)
+    loss = gc.mse(out, g.input("y", out.shape), reduction="sum", name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    params = {name: value * 2.0 for name, value in random_params(mod).items()}  # peaked weights too
+    y = np.random.default_rng(1).standard_normal(out.shape)
+
+    def reference(ps, xs):
+        qt, kt, vt = (ps[n].expand(*[max(d) for d in zip(*[ps[m].shape for m in "qkv"])][:-2], *ps[n].shape[-2:])
+                      for n in "qkv")
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=attrs.get("causal", False),
+                                           scale=attrs.get("scale"))
+        return o, torch.sum((o - xs[0]) ** 2)
+    against_torch(g, loss, out, params, (y,), reference, rtol=1e-12)
+
+
+def test_attention_is_stable_for_large_scores_and_its_backward_is_readable():
+    g = gc.Graph("att")
+    x = g.param("x", (2, 3, 4))
+    out = gc.attention(x, x, x, causal=True, name="att")
+    loss = gc.sum(out, name="loss")
+    src = gc.compile(g, loss=loss).source
+    backward = src.split("def value_and_grad")[1].split("# ---- backward")[1].split("return")[0]
+    for name in ("att_weights", "datt_weights", "datt_softmax", "datt_scores"):
+        assert f"{name} = " in backward  # a handful of named statements, not one opaque call
+    mod = gc.compile(g, loss=loss).load()
+    params = {"x": np.random.default_rng(0).standard_normal((2, 3, 4)) * 1000.0}
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        value, grads = mod.value_and_grad(params)
+    xt = torch.tensor(params["x"], requires_grad=True)
+    F.scaled_dot_product_attention(xt, xt, xt, is_causal=True).sum().backward()
+    assert np.isfinite(value) and np.all(np.isfinite(grads["x"]))
+    np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_attention_with_a_named_batch_runs_at_any_size():
+    g = gc.Graph("att")
+    X = g.input("X", ("B", 4, 6))
+    Wq, Wk, Wv = (g.param(n, (6, 6), scale=0.5) for n in ("Wq", "Wk", "Wv"))
+    heads = [gc.transpose(gc.reshape(X @ W, ("B", 4, 2, 3)), axes=(0, 2, 1, 3)) for W in (Wq, Wk, Wv)]
+    out = gc.attention(*heads, causal=True, name="out")  # (B, 2, 4, 3)
+    loss = gc.mean(out * out, name="loss")
+    mod = gc.compile(g, loss=loss, dims={"B": 2}).load()
+    params = random_params(mod)
+    trainer = mod.Trainer({k: v.copy() for k, v in params.items()}, lr=1e-2)
+    for n in (3, 1, 3):
+        X = np.random.default_rng(n).standard_normal((n, 4, 6))
+        ps = {k: torch.tensor(v, requires_grad=True) for k, v in trainer.params.items()}
+        hs = [(torch.tensor(X) @ ps[w]).reshape(n, 4, 2, 3).permute(0, 2, 1, 3) for w in ("Wq", "Wk", "Wv")]
+        t_loss = torch.mean(F.scaled_dot_product_attention(*hs, is_causal=True) ** 2)
+        t_loss.backward()
+        assert trainer.step(X) == pytest.approx(t_loss.item(), rel=1e-12)
+        for k, p in ps.items():
+            np.testing.assert_allclose(trainer.params[k], p.detach().numpy() - 1e-2 * p.grad.numpy(), rtol=1e-12)
+    check_gradients(mod, params, (np.random.default_rng(5).standard_normal((2, 4, 6)),))
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("attention(Q, K8, V)", "attention q (2, 4, 5, 16) and k (2, 4, 5, 8) have different head sizes (16 and 8)"),
+    ("attention(Q, Q, V3)", "attention q (2, 4, 5, 16), k (2, 4, 5, 16) and v (2, 3, 5, 16): their batch and head "
+     "dimensions (2, 4), (2, 4) and (2, 3) do not broadcast"),
+    ("attention(Q, Q, V6)", "attention k (2, 4, 5, 16) and v (2, 4, 6, 16) have different numbers of keys (5 and 6)"),
+    ("attention(Q, Q, Q, causal=1)", "attention attribute causal=1 must be True or False"),
+    ("attention(Q, Q, Q, scale=0.0)", "attention attribute scale=0.0 must be a positive finite number"),
+    ("attention(S, S, S)", "attention q (5,) must be (..., T, d): at least 2-D"),
+])
+def test_attention_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[inputs]\nQ = [2, 4, 5, 16]\nK8 = [2, 4, 5, 8]\nV = [2, 4, 5, 16]\nV3 = [2, 3, 5, 16]\n'
+                    f'V6 = [2, 4, 6, 16]\nS = [5]\n[nodes]\nbad = "sum({expr})"\n[train]\nloss = "bad"\n')
+    with pytest.raises(gc.GraphcError) as err:
+        gc.load_spec(spec)
+    text = str(err.value)
+    assert message in text and "bad" in text and "\n" not in text
+
+
+def test_cupy_compile_of_attention_ops_is_one_line_naming_the_node():
+    for build in (lambda g, x: gc.attention(x, x, x, name="bad"),
+                  lambda g, x: gc.embedding(g.input("ids", (3,), dtype="int64"), x, name="bad"),
+                  lambda g, x: gc.where(g.input("m", (3, 3), dtype="bool"), x, 0.0, name="bad")):
+        g = gc.Graph("g")
+        out = build(g, g.param("x", (3, 3)))
+        with pytest.raises(gc.GraphError, match=r"has no cupy template yet") as err:
+            gc.compile(g, loss=gc.sum(out, name="loss"), backend="cupy")
+        assert err.value.node == "bad"

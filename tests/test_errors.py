@@ -151,7 +151,7 @@ SPEC_ERRORS = {
         text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y)"', inputs='[inputs]\nX = [4, 3]\ny = [4]\n')),
     "cross_entropy of 1-D logits": Case(
         ShapeError, "node 'loss': loss = cross_entropy(loss_sum, y, reduction='mean'): cross_entropy needs logits "
-        "of shape (N, C), got (4,)", node="loss",
+        "of shape (N, C) or (N, C, d1, ...), got (4,)", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(sum(pred, axis=1), y)"')),
     "bce shapes": Case(
         ShapeError, "node 'loss': loss = binary_cross_entropy_with_logits(pred, y, reduction='mean'): logits (4, 2) "
@@ -184,7 +184,7 @@ SPEC_ERRORS = {
         SpecError, "dims gives 'M' a size, but no input has that dimension (named dimensions: N)",
         text="[dims]\nM = 4\n" + spec(inputs='[inputs]\nX = ["N", 3]\ny = ["N", 2]\n')),
     "integer input of an unknown dtype": Case(
-        GraphError, "node 'y': unsupported dtype 'int8' (use one of float64, float32, int64)", node="y",
+        GraphError, "node 'y': unsupported dtype 'int8' (use one of float64, float32, int64, bool)", node="y",
         text=spec(inputs='[inputs]\nX = [4, 3]\ny = { shape = [4], dtype = "int8" }\n')),
     "unknown optimizer": Case(SpecError, "unknown optimizer 'rmsprop' (graphc has 'sgd', 'adam', 'adamw')",
                               text=spec(train='[train]\nloss = "loss"\noptimizer = "rmsprop"\n')),
