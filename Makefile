@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits
+.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits gpt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ digits: setup
 	$(BIN)/python -c "import sklearn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[examples]"
 	$(BIN)/graphc compile examples/digits.toml -o examples/digits_model.py
 	$(BIN)/python examples/digits.py --module examples/digits_model.py --params examples/digits_params.npz
+
+# A character-level GPT (examples/char_gpt.toml: 2 blocks, 4 heads, width 64, context 32) trained with Adam on
+# Shakespeare's sonnets (examples/sonnets.txt, public domain): prints the loss falling, then samples text.
+# Options: make gpt GPT_ARGS="--steps 1000 --temperature 0.6 --sample-seed 3"
+gpt: setup
+	$(BIN)/python examples/char_gpt.py $(GPT_ARGS)
 
 # Two workers (pytest-xdist): the suite is CPU-bound, and CI's machines have 2 cores.
 test: test-setup
