@@ -751,10 +751,9 @@ def embedding_grad_scratch(shapes, attrs):  # each element's flat index in d wei
     return [(shapes[0], "int64"), ((attrs["shape"][1],), "int64")]
 
 
-op("embedding", 2, embedding_shape, embedding_vjp, int_operands=(0,), classes=(1, 0),
-   backends=NUMPY_ONLY)  # weight.take(ids, axis=0)
+op("embedding", 2, embedding_shape, embedding_vjp, int_operands=(0,), classes=(1, 0))  # weight.take(ids, axis=0)
 internal("embedding_grad", 2, attr_shape, attrs={"shape": tuple}, template_attrs=embedding_grad_attrs,
-         scratches=embedding_grad_scratch, backends=NUMPY_ONLY)  # np.bincount over flat indices: no np.add.at
+         scratches=embedding_grad_scratch)  # np.bincount over flat indices: no np.add.at
 
 
 def where_shape(shapes, attrs, ints=()):
@@ -769,8 +768,8 @@ def where_vjp(b, v, xs, g):  # g where cond, to a; g where not cond, to b
             b.unbroadcast(b.node("where_grad", g, b.fwd(cond), side="b", hint=f"d{v}_b"), y)]
 
 
-op("where", 3, where_shape, where_vjp, bool_operands=(0,), backends=NUMPY_ONLY)
-internal("where_grad", 2, same_shape, attrs={"side": str}, backends=NUMPY_ONLY)
+op("where", 3, where_shape, where_vjp, bool_operands=(0,))
+internal("where_grad", 2, same_shape, attrs={"side": str})
 
 
 def attention_batch(shapes) -> tuple:
@@ -837,10 +836,10 @@ SCALE = Check(lambda v: v is None or POSITIVE.test(v), "a positive finite number
               lambda v: v if v is None else float(v))
 op("attention", 3, attention_shape, attention_vjp, attrs={"causal": BOOL, "scale": SCALE},
    defaults={"causal": False, "scale": None}, scratches=attention_scratch, keeps="attention_probs",
-   template_attrs=attention_attrs, helpers=("causal",), backends=NUMPY_ONLY)
+   template_attrs=attention_attrs, helpers=("causal",))
 internal("attention_probs", 2, attention_probs_shape, attrs={"causal": bool, "scale": float},
          scratches=lambda shapes, attrs: [(attention_probs_shape(shapes, attrs)[:-1] + (1,), None)],
-         helpers=("causal",), backends=NUMPY_ONLY)  # softmax(q @ k^T * scale), future keys hidden if causal
+         helpers=("causal",))  # softmax(q @ k^T * scale), future keys hidden if causal
 
 
 # ---- convolutional networks (DESIGN section 14): NCHW, as torch.nn.functional ------------------------------

@@ -183,6 +183,8 @@ def module() -> types.ModuleType:
     for name in ("power", "clip", "equal", "greater_equal", "less_equal", "concatenate", "min", "var", "finfo",
                  "bool_"):  # section 15's ops (tests/test_seq_ops.py); each is CuPy's too
         setattr(cp, name, getattr(np, name))
+    for name in ("bincount", "floor_divide", "triu", "inf"):  # embedding, attention, (N, C, d1...) cross_entropy
+        setattr(cp, name, getattr(np, name))
     for name in ("full", "zeros_like", "empty", "empty_like", "arange", "zeros", "ones"):
         setattr(cp, name, _wrap(getattr(np, name)))
     cp.ndarray, cp.asarray, cp.asnumpy, cp.ElementwiseKernel = ndarray, asarray, asnumpy, ElementwiseKernel
