@@ -159,15 +159,17 @@ def broadcast_shape(shapes, attrs):
 
 
 def matmul_shape(shapes, attrs):
-    """NumPy's matmul of operands of at least 2 dimensions: the leading (batch) dimensions broadcast."""
+    """NumPy's matmul: the leading (batch) dimensions broadcast; a 1-D operand is a row (a) or a column (b) whose
+    axis the result drops."""
     a, b = shapes
-    if len(a) < 2 or len(b) < 2:
-        raise ShapeError(f"matmul needs operands of at least 2 dimensions, got {fmt(a)} and {fmt(b)}")
-    if not same_dim(a[-1], b[-2]):
-        why = f"{a[-1]} != {b[-2]}" if isinstance(a[-1], int) and isinstance(b[-2], int) else \
-            f"dimension {fmt_dim(a[-1])} and {fmt_dim(b[-2])} cannot be proven equal"
+    if not a or not b:
+        raise ShapeError(f"matmul needs operands of at least 1 dimension, got {fmt(a)} and {fmt(b)}")
+    a2, b2 = (1, *a) if len(a) == 1 else a, (*b, 1) if len(b) == 1 else b
+    if not same_dim(a2[-1], b2[-2]):
+        why = f"{a2[-1]} != {b2[-2]}" if isinstance(a2[-1], int) and isinstance(b2[-2], int) else \
+            f"dimension {fmt_dim(a2[-1])} and {fmt_dim(b2[-2])} cannot be proven equal"
         raise ShapeError(f"shapes {fmt(a)} and {fmt(b)} do not align ({why})")
-    return broadcast_shape([a[:-2], b[:-2]], attrs) + (a[-2], b[-1])
+    return broadcast_shape([a2[:-2], b2[:-2]], attrs) + a2[-2:-1] * (len(a) > 1) + b2[-1:] * (len(b) > 1)
 
 
 def same_shape(shapes, attrs):
@@ -344,9 +346,23 @@ def div_vjp(b, v, xs, g):
 
 def matmul_vjp(b, v, xs, g):
     """dx = g @ y^T, dy = x^T @ g (^T: the last two axes swapped), each summed over the batch dimensions that
-    broadcasting gave it."""
+    broadcasting gave it. A 1-D operand is seen as a row (x) or a column (y), and g with that axis put back."""
     x, y = xs
-    return [b.unbroadcast(b.matmul(g, b.T(b.fwd(y))), x), b.unbroadcast(b.matmul(b.T(b.fwd(x)), g), y)]
+    one_x, one_y = len(b.shape(x)) == 1, len(b.shape(y)) == 1
+    if one_x and one_y:  # a dot product: g is a scalar
+        return [b.mul(g, b.fwd(y)), b.mul(g, b.fwd(x))]
+    X, Y = b.fwd(x), b.fwd(y)
+    if one_x or one_y:
+        X = b.node("reshape", X, shape=(1, *b.shape(x)), hint=f"{x}_row") if one_x else X
+        Y = b.node("reshape", Y, shape=(*b.shape(y), 1), hint=f"{y}_column") if one_y else Y
+        lifted = b.shape(g)[:-1] + (1,) + b.shape(g)[-1:] if one_x else b.shape(g) + (1,)
+        g = b.node("reshape", g, shape=lifted, hint=f"d{v}_lifted")
+    dx, dy = b.matmul(g, b.T(Y)), b.matmul(b.T(X), g)
+    if one_x:  # (..., 1, k): the row's axis dropped again
+        dx = b.node("reshape", dx, shape=b.shape(dx)[:-2] + b.shape(dx)[-1:], hint=f"d{x}_rows")
+    if one_y:  # (..., k, 1)
+        dy = b.node("reshape", dy, shape=b.shape(dy)[:-1], hint=f"d{y}_columns")
+    return [b.unbroadcast(dx, x), b.unbroadcast(dy, y)]
 
 
 def relu_vjp(b, v, xs, g):

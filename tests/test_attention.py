@@ -36,7 +36,9 @@ def against_torch(g, loss, out, params, inputs, torch_fn, predict_inputs=(), rto
 # ---- matmul at any rank, transpose with axes ---------------------------------------------------------------
 
 @pytest.mark.parametrize("sa, sb", [((2, 3, 4, 5), (5, 3)), ((3, 4, 5), (2, 1, 5, 6)), ((4, 5), (3, 5, 2)),
-                                    ((2, 3, 4), (2, 4, 3)), ((1, 3, 4), (2, 4, 2)), ((3, 4), (4, 2))])
+                                    ((2, 3, 4), (2, 4, 3)), ((1, 3, 4), (2, 4, 2)), ((3, 4), (4, 2)),
+                                    ((4,), (4, 3)), ((3, 4), (4,)), ((4,), (2, 4, 3)), ((2, 3, 4), (4,)),
+                                    ((5,), (5,))])
 def test_matmul_at_any_rank_equals_torch(sa, sb):
     g = gc.Graph("mm")
     a, b = g.param("a", sa), g.param("b", sb)
@@ -50,7 +52,7 @@ def test_matmul_at_any_rank_equals_torch(sa, sb):
 
     def reference(ps, xs):
         o = ps["a"] @ ps["b"]
-        return o, torch.sum((o.permute(*perm) - xs[0]) ** 2)
+        return o, torch.sum((torch.permute(o, perm) - xs[0]) ** 2)
     against_torch(g, loss, out, params, (y,), reference)
 
 

@@ -185,7 +185,7 @@ def test_op(case):
     "op, shapes, message",
     [
         ("matmul", [(32, 100), (50, 10)], "shapes (32, 100) and (50, 10) do not align (100 != 50)"),
-        ("matmul", [(3,), (3, 2)], "matmul needs operands of at least 2 dimensions, got (3,) and (3, 2)"),
+        ("matmul", [(), (3, 2)], "matmul needs operands of at least 1 dimension, got () and (3, 2)"),
         ("add", [(3, 4), (5,)], "shapes (3, 4) and (5,) do not broadcast"),
         ("mul", [(2, 3), (3, 2)], "shapes (2, 3) and (3, 2) do not broadcast"),
         ("mse", [(3, 4), (4, 3)], "prediction (3, 4) and target (4, 3) differ"),
