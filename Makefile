@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits digits-cnn
+.PHONY: demo test setup test-setup graphviz fuzz bench gpu-modules golden clean digits digits-cnn gpt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ digits-cnn: setup
 	$(BIN)/graphc compile examples/digits_cnn.toml -o examples/digits_cnn_model.py
 	$(BIN)/python examples/digits.py --spec examples/digits_cnn.toml --module examples/digits_cnn_model.py \
 		--params examples/digits_cnn_params.npz
+
+# A character-level GPT (examples/char_gpt.toml: 2 blocks, 4 heads, width 64, context 32) trained with Adam on
+# Shakespeare's sonnets (examples/sonnets.txt, public domain): prints the loss falling, then samples text.
+# Options: make gpt GPT_ARGS="--steps 1000 --temperature 0.6 --sample-seed 3"
+gpt: setup
+	$(BIN)/python examples/char_gpt.py $(GPT_ARGS)
 
 # Two workers (pytest-xdist): the suite is CPU-bound, and CI's machines have 2 cores.
 test: test-setup

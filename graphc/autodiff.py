@@ -123,7 +123,10 @@ class AdjointBuilder:
         return self.node("matmul", a, b)
 
     def T(self, a):
-        return self.node("transpose", a, hint=f"{a}_T")
+        """``a`` with its last two axes swapped (``a.T`` in 2-D)."""
+        rank = len(self.shape(a))
+        swap = {} if rank == 2 else {"axes": (*range(rank - 2), rank - 1, rank - 2)}
+        return self.node("transpose", a, hint=f"{a}_T", **swap)
 
     def expand(self, g, shape, axis, keepdims):
         """A reduction's gradient: ``g`` (reduced over ``axis``) broadcast back to ``shape``, as an array."""

@@ -12,7 +12,7 @@ import jinja2
 
 from . import fusion, optim
 from .backends import BACKENDS
-from .graph import DTYPES, describe, dim_names, operands, topo_order
+from .graph import BOOL_DTYPES, DTYPES, describe, dim_names, operands, topo_order
 from .ops import OPS, fmt as shape_text
 from .schedule import Schedule, trainable
 
@@ -151,12 +151,14 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         data = G.nodes[p]
         params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn",
                        "stored": data["init"] == "file"})
-    inputs = [{**leaf(v), "classes": classes_of(G, v)} for v in G if G.nodes[v]["op"] == "input"]
+    inputs = [{**leaf(v), "classes": classes_of(G, v), "boolean": G.nodes[v]["dtype"] in BOOL_DTYPES}
+              for v in G if G.nodes[v]["op"] == "input"]
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
         trainable=trainable(G), row_offsets=False,
+        bools=[x["name"] for x in inputs if x["boolean"]],
     )
     if train is not None:
         ws = sched.workspace
@@ -258,14 +260,16 @@ def used_dims(dims: dict, body: list, extra=()) -> list[str]:
 
 
 def classes_of(G, v):
-    """An integer input's number of classes (the last axis of the first operand of an op that takes it as class
-    indices: the logits of cross_entropy), else None."""
+    """An integer input's number of classes (where Op.classes of an op that takes it as class indices says: the
+    logits' class axis for cross_entropy, the weight's rows for embedding), else None."""
     if G.nodes[v]["dtype"] in DTYPES:
         return None
     for w in G.successors(v):
         args = operands(G, w)
-        if any(args[i] == v for i in OPS[G.nodes[w]["op"]].int_operands):
-            return G.nodes[args[0]]["shape"][-1]
+        op = OPS[G.nodes[w]["op"]]
+        if any(args[i] == v for i in op.int_operands):
+            operand, axis = op.classes
+            return G.nodes[args[operand]]["shape"][axis]
     return None
 
 

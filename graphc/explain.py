@@ -26,7 +26,7 @@ from . import optim
 from .codegen import Renderer, classes_of, compiler_name, compiler_names
 from .errors import CommandError, GraphcError
 from .files import write_atomic
-from .graph import INT_DTYPES, concrete, describe, operands, topo_order
+from .graph import BOOL_DTYPES, INT_DTYPES, concrete, describe, operands, topo_order
 from .ops import OPS
 from .schedule import is_statement, trainable, value_of
 
@@ -493,6 +493,8 @@ def check_inputs(module, seed: int) -> dict:
         if G.nodes[x]["dtype"] in INT_DTYPES:
             high = sizes.get(classes) if isinstance(classes, str) else classes
             inputs[x] = rng.integers(0, high or 1, shape)
+        elif G.nodes[x]["dtype"] in BOOL_DTYPES:
+            inputs[x] = rng.random(shape) < 0.5
         else:
             inputs[x] = rng.standard_normal(shape)
     return inputs

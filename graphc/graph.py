@@ -20,6 +20,7 @@ from .ops import OPS, as_float, check_attrs
 
 DTYPES = ("float64", "float32")
 INT_DTYPES = ("int64",)  # inputs only: class indices
+BOOL_DTYPES = ("bool",)  # inputs only: where's conditions
 INITS = ("zeros", "ones", "randn", "file")  # "file": from the params file (params_file, init_values)
 LEAVES = ("input", "param", "const")
 # Keyword arguments of the generated functions that sit beside the inputs (Trainer.fit(*inputs, epochs=, ...)):
@@ -126,7 +127,7 @@ def concrete(shape, sizes: dict, what: str = "") -> tuple[int, ...]:
 
 def check_dtype(dtype, node: str | None = None, integer: bool = False) -> str:
     if dtype not in DTYPES:
-        allowed = DTYPES + INT_DTYPES if integer else DTYPES
+        allowed = DTYPES + INT_DTYPES + BOOL_DTYPES if integer else DTYPES
         raise GraphError(f"unsupported dtype {dtype!r} (use one of {', '.join(allowed)})", node=node)
     return dtype
 
@@ -204,16 +205,20 @@ def infer(G: nx.DiGraph, v) -> tuple[int, ...]:
     data["attrs"] = check_attrs(op, data.get("attrs") or {}, node=v)
     ints = [i for i, a in enumerate(args) if G.nodes[a]["dtype"] not in DTYPES]
     for i in ints:
-        if i not in op.int_operands:
+        if G.nodes[args[i]]["dtype"] in BOOL_DTYPES and i not in op.bool_operands:
+            raise GraphError(f"{args[i]} is a boolean input: only the condition of where may be boolean", node=v)
+        if G.nodes[args[i]]["dtype"] in INT_DTYPES and i not in op.int_operands:
             raise GraphError(f"{args[i]} is an integer input (class indices): only the target of cross_entropy "
-                             "may be integer", node=v)
+                             "or the ids of embedding may be integer", node=v)
     dtypes = {G.nodes[a]["dtype"] for i, a in enumerate(args) if i not in ints}
     if len(dtypes) > 1:
         raise GraphError(f"operands mix dtypes {sorted(dtypes)}", node=v)
     data.setdefault("dtype", dtypes.pop())
     try:
         shapes = [G.nodes[a]["shape"] for a in args]
-        return op.shape(shapes, data["attrs"], ints) if op.int_operands else op.shape(shapes, data["attrs"])
+        if op.int_operands or op.bool_operands:
+            return op.shape(shapes, data["attrs"], ints)
+        return op.shape(shapes, data["attrs"])
     except ShapeError as err:
         err.message = f"{describe(G, v)}: {err.message}"
         raise err.located(node=v)
@@ -322,7 +327,7 @@ class Graph:
         if name in INPUT_RESERVED:
             raise GraphError(f"input name {name!r} is a keyword argument of Trainer.fit; rename the input", node=name)
         shape = check_shape(shape, name, named=True)
-        if dtype not in INT_DTYPES:
+        if dtype not in INT_DTYPES + BOOL_DTYPES:
             dtype = check_dtype(dtype or self.dtype, name, integer=True)
         self.nx.add_node(name, op="input", shape=shape, dtype=dtype, attrs={})
         return Tensor(self, name)
@@ -481,8 +486,9 @@ def mean(x, axis=None, keepdims=False, name=None) -> Tensor:
     return apply("mean", x, name=name, axis=axis, keepdims=keepdims)
 
 
-def transpose(x, name=None) -> Tensor:
-    return apply("transpose", x, name=name)
+def transpose(x, axes=None, name=None) -> Tensor:
+    """np.transpose: a view; ``axes`` a permutation (None: the 2-D transpose)."""
+    return apply("transpose", x, name=name) if axes is None else apply("transpose", x, name=name, axes=tuple(axes))
 
 
 def cross_entropy(logits, target, reduction="mean", name=None) -> Tensor:
@@ -655,3 +661,18 @@ def flatten(x, start_dim=1, name=None) -> Tensor:
 def reshape(x, shape, name=None) -> Tensor:
     """= torch.reshape: one -1 at most; an entry may be a dimension name ("N"), which x must have."""
     return apply("reshape", x, name=name, shape=shape)
+
+
+def embedding(ids, weight, name=None) -> Tensor:
+    """= torch.nn.functional.embedding: ``ids`` an integer input of any shape, ``weight`` (V, D)."""
+    return apply("embedding", ids, weight, name=name)
+
+
+def where(cond, a, b, name=None) -> Tensor:
+    """= torch.where: ``cond`` a boolean input (dtype "bool"); gradients to ``a`` and ``b``."""
+    return apply("where", cond, a, b, name=name)
+
+
+def attention(q, k, v, causal=False, scale=None, name=None) -> Tensor:
+    """= torch.nn.functional.scaled_dot_product_attention on (..., T, d), without mask or dropout."""
+    return apply("attention", q, k, v, name=name, causal=causal, scale=scale)

@@ -35,7 +35,9 @@ class Op:
     scratch: bool = False  # it needs a temporary shaped like its first operand...
     scratch_from: int | None = None  # ...which may be the buffer of this operand, if it dies there
     scratches: Callable | None = None  # or several temporaries: (shapes, attrs) -> [(shape, dtype or None)]
-    int_operands: tuple = ()  # positions where an integer input is allowed (class indices of operand 0's last axis)
+    int_operands: tuple = ()  # positions where an integer input is allowed (class indices)...
+    classes: tuple = (0, -1)  # ...whose count is the size of this (operand, axis): the logits' last axis
+    bool_operands: tuple = ()  # positions where a boolean input is allowed (where's condition)
     template_attrs: Callable | None = None  # (operand shapes, attrs, dtype, into) -> the attrs its macros take
     keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
     own_array: bool = False  # it gives a gradient an array of its own (its statement's note says so)
@@ -157,14 +159,17 @@ def broadcast_shape(shapes, attrs):
 
 
 def matmul_shape(shapes, attrs):
+    """NumPy's matmul: the leading (batch) dimensions broadcast; a 1-D operand is a row (a) or a column (b) whose
+    axis the result drops."""
     a, b = shapes
-    if len(a) != 2 or len(b) != 2:
-        raise ShapeError(f"matmul needs 2-D operands, got {fmt(a)} and {fmt(b)}")
-    if not same_dim(a[1], b[0]):
-        why = f"{a[1]} != {b[0]}" if isinstance(a[1], int) and isinstance(b[0], int) else \
-            f"dimension {fmt_dim(a[1])} and {fmt_dim(b[0])} cannot be proven equal"
+    if not a or not b:
+        raise ShapeError(f"matmul needs operands of at least 1 dimension, got {fmt(a)} and {fmt(b)}")
+    a2, b2 = (1, *a) if len(a) == 1 else a, (*b, 1) if len(b) == 1 else b
+    if not same_dim(a2[-1], b2[-2]):
+        why = f"{a2[-1]} != {b2[-2]}" if isinstance(a2[-1], int) and isinstance(b2[-2], int) else \
+            f"dimension {fmt_dim(a2[-1])} and {fmt_dim(b2[-2])} cannot be proven equal"
         raise ShapeError(f"shapes {fmt(a)} and {fmt(b)} do not align ({why})")
-    return (a[0], b[1])
+    return broadcast_shape([a2[:-2], b2[:-2]], attrs) + a2[-2:-1] * (len(a) > 1) + b2[-1:] * (len(b) > 1)
 
 
 def same_shape(shapes, attrs):
@@ -172,9 +177,15 @@ def same_shape(shapes, attrs):
 
 
 def transpose_shape(shapes, attrs):
-    if len(shapes[0]) != 2:
-        raise ShapeError(f"transpose needs a 2-D operand, got {fmt(shapes[0])}")
-    return tuple(reversed(shapes[0]))
+    """np.transpose: ``axes`` a permutation of the operand's axes, or None (all reversed: ``a.T``)."""
+    (shape,), perm = shapes, attrs.get("axes")
+    if perm is None:
+        if len(shape) != 2:
+            raise ShapeError(f"transpose needs a 2-D operand, got {fmt(shape)} (or axes=(...))")
+        return tuple(reversed(shape))
+    if sorted(a % len(shape) if -len(shape) <= a < len(shape) else a for a in perm) != list(range(len(shape))):
+        raise ShapeError(f"transpose axes {fmt(perm)} are not a permutation of the {len(shape)} axes of {fmt(shape)}")
+    return tuple(shape[a] for a in perm)
 
 
 def axes(axis, shape) -> tuple:
@@ -203,12 +214,17 @@ def along_axis_shape(shapes, attrs):  # softmax, log_softmax
 
 
 def cross_entropy_shape(shapes, attrs, ints=()):
+    """logits (N, C) or (N, C, d1, ...), as torch: the classes along axis 1; target class indices (N, d1, ...) or
+    probabilities shaped like the logits."""
     logits, target = shapes
-    if len(logits) != 2:
-        raise ShapeError(f"cross_entropy needs logits of shape (N, C), got {fmt(logits)}")
+    if len(logits) < 2:
+        raise ShapeError(f"cross_entropy needs logits of shape (N, C) or (N, C, d1, ...), got {fmt(logits)}")
+    if len(logits) > 2 and any(isinstance(d, str) for d in logits[1:]):
+        raise ShapeError(f"cross_entropy of logits {fmt(logits)}: only the batch dimension may be named")
     if 1 in ints:  # class indices
-        if len(target) != 1 or not same_dim(target[0], logits[0]):
-            raise ShapeError(f"class indices {fmt(target)} must have shape ({logits[0]},) for logits {fmt(logits)}")
+        rows = logits[:1] + logits[2:]
+        if len(target) != len(rows) or not all(same_dim(a, b) for a, b in zip(target, rows)):
+            raise ShapeError(f"class indices {fmt(target)} must have shape {fmt(rows)} for logits {fmt(logits)}")
     elif target != logits:
         raise ShapeError(f"target probabilities {fmt(target)} must have the shape of the logits {fmt(logits)} "
                          "(class indices are an int64 input)")
@@ -230,18 +246,24 @@ def log_softmax_scratch(shapes, attrs):  # the max, then the log of the sum
     return [(reduced_row(shapes, attrs), None)] * 2
 
 
+def ce_rows(logits) -> tuple:
+    """cross_entropy's rows: the logits' shape without the class axis (1)."""
+    return tuple(logits[:1]) + tuple(logits[2:])
+
+
 def cross_entropy_scratch(shapes, attrs):
-    """The softmax (kept for the gradient), two rows and, for class indices, their flat indices; for
-    probabilities, the terms of the loss."""
+    """The softmax (kept for the gradient), two rows and, for class indices, their flat indices (two arrays for
+    logits of more than 2 dimensions); for probabilities, the terms of the loss."""
     logits, target = shapes
-    n = logits[:1]
-    last = [(n, "int64")] if len(target) == 1 else [(logits, None)]
+    n = ce_rows(logits)
+    last = [(n, "int64")] * (1 if len(logits) == 2 else 2) if len(target) < len(logits) else [(logits, None)]
     return [(logits, None), (n, None), (n, None)] + last
 
 
 def cross_entropy_grad_scratch(shapes, attrs):  # a row, and the targets' flat indices
     scale, probs, target = shapes
-    return [(probs[:1], None)] + ([(probs[:1], "int64")] if len(target) == 1 else [])
+    n = ce_rows(probs)
+    return [(n, None)] + ([(n, "int64")] * (1 if len(probs) == 2 else 2) if len(target) < len(probs) else [])
 
 
 def loss_shape(shapes, attrs):
@@ -293,7 +315,15 @@ def mse_template(shapes, attrs, dtype, into):  # the workspace form divides by t
 
 
 def cross_entropy_template(shapes, attrs, dtype, into):  # the target: class indices, or probabilities
-    return {**attrs, "indices": len(shapes[1]) == 1}
+    logits = shapes[0]
+    return {**attrs, "indices": len(shapes[1]) < len(logits), **ce_spatial(logits)}
+
+
+def ce_spatial(logits) -> dict:
+    """For logits (N, C, d1, ...): C and S = d1 * ... (the flat index of [n, c, s] is n * C * S + c * S + s)."""
+    if len(logits) == 2:
+        return {"spatial": None}
+    return {"spatial": {"C": logits[1], "S": math.prod(logits[2:]), "rank": len(logits)}}
 
 
 # ---- gradient rules --------------------------------------------------------------------------------------
@@ -319,8 +349,24 @@ def div_vjp(b, v, xs, g):
 
 
 def matmul_vjp(b, v, xs, g):
+    """dx = g @ y^T, dy = x^T @ g (^T: the last two axes swapped), each summed over the batch dimensions that
+    broadcasting gave it. A 1-D operand is seen as a row (x) or a column (y), and g with that axis put back."""
     x, y = xs
-    return [b.matmul(g, b.T(b.fwd(y))), b.matmul(b.T(b.fwd(x)), g)]
+    one_x, one_y = len(b.shape(x)) == 1, len(b.shape(y)) == 1
+    if one_x and one_y:  # a dot product: g is a scalar
+        return [b.mul(g, b.fwd(y)), b.mul(g, b.fwd(x))]
+    X, Y = b.fwd(x), b.fwd(y)
+    if one_x or one_y:
+        X = b.node("reshape", X, shape=(1, *b.shape(x)), hint=f"{x}_row") if one_x else X
+        Y = b.node("reshape", Y, shape=(*b.shape(y), 1), hint=f"{y}_column") if one_y else Y
+        lifted = b.shape(g)[:-1] + (1,) + b.shape(g)[-1:] if one_x else b.shape(g) + (1,)
+        g = b.node("reshape", g, shape=lifted, hint=f"d{v}_lifted")
+    dx, dy = b.matmul(g, b.T(Y)), b.matmul(b.T(X), g)
+    if one_x:  # (..., 1, k): the row's axis dropped again
+        dx = b.node("reshape", dx, shape=b.shape(dx)[:-2] + b.shape(dx)[-1:], hint=f"d{x}_rows")
+    if one_y:  # (..., k, 1)
+        dy = b.node("reshape", dy, shape=b.shape(dy)[:-1], hint=f"d{y}_columns")
+    return [b.unbroadcast(dx, x), b.unbroadcast(dy, y)]
 
 
 def relu_vjp(b, v, xs, g):
@@ -382,7 +428,11 @@ def mean_vjp(b, v, xs, g):
 
 
 def transpose_vjp(b, v, xs, g):
-    return [b.T(g)]
+    perm = b.attrs(v).get("axes")
+    if perm is None:
+        return [b.T(g)]
+    inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i] % len(perm)))
+    return [b.node("transpose", g, axes=inverse, hint=f"d{v}_T")]
 
 
 def scaled(b, v, g, dims):
@@ -392,8 +442,8 @@ def scaled(b, v, g, dims):
 
 def cross_entropy_vjp(b, v, xs, g):
     logits, target = xs
-    indices = len(b.shape(target)) == 1
-    scale = scaled(b, v, g, b.shape(logits)[:1])  # 'mean' divides by N, the batch size
+    indices = len(b.shape(target)) < len(b.shape(logits))
+    scale = scaled(b, v, g, ce_rows(b.shape(logits)))  # 'mean' divides by N (times d1 ...), the rows
     probs = b.node("softmax", b.fwd(logits), axis=1, hint=f"{logits}_softmax")  # the forward computed it
     dlogits = b.node("cross_entropy_grad", scale, probs, b.fwd(target), indices=indices)
     if indices:
@@ -433,12 +483,16 @@ op("sum", 1, reduce_shape, sum_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defa
    reduces="sum")
 op("mean", 1, reduce_shape, mean_vjp, attrs={"axis": AXIS, "keepdims": BOOL}, defaults={"axis": None, "keepdims": False},
    reduces="mean")
-op("transpose", 1, transpose_shape, transpose_vjp, inline=True)  # a view, folded into its consumer: ``W2.T``
+PERMUTATION = Check(lambda v: v is None or isinstance(v, tuple) and all(is_int(a) for a in v),
+                    "a tuple of ints or None", lambda v: v if v is None else tuple(int(a) for a in v))
+op("transpose", 1, transpose_shape, transpose_vjp, attrs={"axes": PERMUTATION},
+   inline=True)  # a view, folded into its consumer: ``W2.T``, ``q.transpose((0, 2, 1, 3))``
 op("mse", 2, loss_shape, mse_vjp, attrs={"reduction": REDUCTION}, defaults={"reduction": "mean"},
    scratch=True, keeps="sub", loss=True,
    template_attrs=mse_template)  # the error pred - target, squared and summed without a temporary
 op("cross_entropy", 2, cross_entropy_shape, cross_entropy_vjp, attrs={"reduction": REDUCTION},
-   defaults={"reduction": "mean"}, int_operands=(1,), scratches=cross_entropy_scratch, keeps="softmax", loss=True,
+   defaults={"reduction": "mean"}, int_operands=(1,), classes=(0, 1), scratches=cross_entropy_scratch, keeps="softmax",
+   loss=True,
    template_attrs=cross_entropy_template)
 op("binary_cross_entropy_with_logits", 2, bce_shape, bce_vjp, attrs={"reduction": REDUCTION},
    defaults={"reduction": "mean"}, template="bce", scratches=lambda shapes, attrs: [(shapes[0], None)] * 2,
@@ -461,7 +515,8 @@ internal("softmax_grad", 2, same_shape, attrs={"axis": int}, scratches=softmax_s
 internal("log_softmax_grad", 2, same_shape, attrs={"axis": int}, inplace=(1,),
          scratches=softmax_scratch)  # g - exp(y) * sum(g): may write over y, not over g
 internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indices": bool}, inplace=(1,),
-         scratches=cross_entropy_grad_scratch)  # (softmax - target) * scale, from the softmax
+         scratches=cross_entropy_grad_scratch, template_attrs=lambda shapes, attrs, dtype, into: {
+             **attrs, **ce_spatial(shapes[1])})  # (softmax - target) * scale, from the softmax
 internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
 internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
          template_attrs=broadcast_template)  # a reduction's gradient
@@ -688,6 +743,124 @@ op("slice", 1, slice_shape, slice_vjp, attrs={"axis": ONE_AXIS, "start": INT, "s
    defaults={"axis": -1, "start": 0, "stop": None, "step": 1}, inline=True, template_attrs=slice_index)
 internal("slice_grad", 1, attr_shape, attrs={"shape": tuple, "axis": int, "start": int, "stop": object, "step": int},
          template_attrs=lambda shapes, attrs, dtype, into: slice_index([attrs["shape"]], attrs))
+
+
+# ---- attention (DESIGN section 15): embedding, where, attention ---------------------------------------------
+def embedding_shape(shapes, attrs, ints=()):
+    """ids (any shape, integer) and weight (V, D) -> ids.shape + (D,)."""
+    ids, weight = shapes
+    if 0 not in ints:
+        raise ShapeError(f"embedding ids {fmt(ids)} must be an integer input (dtype = \"int64\")")
+    if len(weight) != 2:
+        raise ShapeError(f"embedding weight {fmt(weight)} must be 2-D (V, D): one row per id")
+    if any(isinstance(d, str) for d in weight):
+        raise ShapeError(f"embedding weight {fmt(weight)} must have fixed sizes")
+    return tuple(ids) + (weight[1],)
+
+
+def embedding_vjp(b, v, xs, g):  # the rows of g added into each id's row of d weight
+    ids, weight = xs
+    return [None, b.node("embedding_grad", g, b.fwd(ids), shape=tuple(b.shape(weight)))]
+
+
+def embedding_grad_attrs(shapes, attrs, dtype=None, into=False):
+    V, D = attrs["shape"]  # np.bincount sums in float64: cast back for another dtype
+    return {**attrs, "V": V, "D": D, "size": V * D, "cast": None if dtype == "float64" else dtype}
+
+
+def embedding_grad_scratch(shapes, attrs):  # each element's flat index in d weight, and the columns 0..D-1
+    return [(shapes[0], "int64"), ((attrs["shape"][1],), "int64")]
+
+
+op("embedding", 2, embedding_shape, embedding_vjp, int_operands=(0,), classes=(1, 0))  # weight.take(ids, axis=0)
+internal("embedding_grad", 2, attr_shape, attrs={"shape": tuple}, template_attrs=embedding_grad_attrs,
+         scratches=embedding_grad_scratch)  # np.bincount over flat indices: no np.add.at
+
+
+def where_shape(shapes, attrs, ints=()):
+    if 0 not in ints:
+        raise ShapeError(f"where's condition {fmt(shapes[0])} must be a boolean input (dtype = \"bool\")")
+    return broadcast_shape(shapes, attrs)
+
+
+def where_vjp(b, v, xs, g):  # g where cond, to a; g where not cond, to b
+    cond, x, y = xs
+    return [None, b.unbroadcast(b.node("where_grad", g, b.fwd(cond), side="a", hint=f"d{v}_a"), x),
+            b.unbroadcast(b.node("where_grad", g, b.fwd(cond), side="b", hint=f"d{v}_b"), y)]
+
+
+op("where", 3, where_shape, where_vjp, bool_operands=(0,))
+internal("where_grad", 2, same_shape, attrs={"side": str})
+
+
+def attention_batch(shapes) -> tuple:
+    """The leading (batch, head) dimensions of q, k and v, broadcast."""
+    q, k, v = shapes
+    for what, shape in zip("qkv", shapes):
+        if len(shape) < 2:
+            raise ShapeError(f"attention {what} {fmt(shape)} must be (..., T, d): at least 2-D")
+    try:
+        return broadcast_shape([q[:-2], k[:-2], v[:-2]], {})
+    except ShapeError:
+        raise ShapeError(f"attention q {fmt(q)}, k {fmt(k)} and v {fmt(v)}: their batch and head dimensions "
+                         f"{fmt(q[:-2])}, {fmt(k[:-2])} and {fmt(v[:-2])} do not broadcast") from None
+
+
+def attention_shape(shapes, attrs):
+    """q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) -> (..., Tq, dv)."""
+    q, k, v = shapes
+    batch = attention_batch(shapes)
+    if not same_dim(q[-1], k[-1]):
+        raise ShapeError(f"attention q {fmt(q)} and k {fmt(k)} have different head sizes ({q[-1]} and {k[-1]})")
+    if not same_dim(k[-2], v[-2]):
+        raise ShapeError(f"attention k {fmt(k)} and v {fmt(v)} have different numbers of keys ({k[-2]} and {v[-2]})")
+    if isinstance(q[-1], str):
+        raise ShapeError(f"attention q {fmt(q)}: the head size must be fixed")
+    return batch + (q[-2], v[-1])
+
+
+def attention_scale(shapes, attrs) -> float:
+    """The scores' factor: ``scale``, or 1 / sqrt(d) as torch."""
+    return attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(shapes[0][-1])
+
+
+def attention_probs_shape(shapes, attrs):  # softmax(q @ k^T * scale): (..., Tq, Tk)
+    q, k = shapes
+    return broadcast_shape([q[:-2], k[:-2]], {}) + (q[-2], k[-2])
+
+
+def attention_attrs(shapes, attrs, dtype=None, into=False):
+    return {"causal": attrs["causal"], "scale": attention_scale(shapes, attrs)}
+
+
+def attention_scratch(shapes, attrs):  # the attention weights (kept for the backward), the rows' max and sum
+    probs = attention_probs_shape(shapes[:2], attrs)
+    return [(probs, None), (probs[:-1] + (1,), None)]
+
+
+def attention_vjp(b, v, xs, g):
+    """With P the attention weights (kept from the forward) and S the scores: dV = P^T @ g, dP = g @ V^T,
+    dS = P * (dP - sum(dP * P)) * scale (softmax's gradient), dQ = dS @ K, dK = dS^T @ Q."""
+    q, k, val = xs
+    attrs = {"causal": b.attrs(v)["causal"], "scale": attention_scale([b.shape(q)], b.attrs(v))}
+    probs = b.node("attention_probs", b.fwd(q), b.fwd(k), hint=f"{v}_weights", **attrs)  # the forward computed it
+    dv = b.node("matmul", b.T(probs), g, hint=f"d{val}_heads")
+    dprobs = b.node("matmul", g, b.T(b.fwd(val)), hint=f"d{v}_weights")
+    dscores = b.mul(b.node("softmax_grad", dprobs, probs, axis=-1, hint=f"d{v}_softmax"), b.const(attrs["scale"]),
+                    hint=f"d{v}_scores")
+    dq = b.node("matmul", dscores, b.fwd(k), hint=f"d{q}_heads")
+    dk = b.node("matmul", b.T(dscores), b.fwd(q), hint=f"d{k}_heads")
+    return [b.unbroadcast(dq, q), b.unbroadcast(dk, k), b.unbroadcast(dv, val)]
+
+
+SCALE = Check(lambda v: v is None or POSITIVE.test(v), "a positive finite number or None (1 / sqrt(d))",
+              lambda v: v if v is None else float(v))
+op("attention", 3, attention_shape, attention_vjp, attrs={"causal": BOOL, "scale": SCALE},
+   defaults={"causal": False, "scale": None}, scratches=attention_scratch, keeps="attention_probs",
+   template_attrs=attention_attrs, helpers=("causal",))
+internal("attention_probs", 2, attention_probs_shape, attrs={"causal": bool, "scale": float},
+         scratches=lambda shapes, attrs: [(attention_probs_shape(shapes, attrs)[:-1] + (1,), None)],
+         helpers=("causal",))  # softmax(q @ k^T * scale), future keys hidden if causal
 
 
 # ---- convolutional networks (DESIGN section 14): NCHW, as torch.nn.functional ------------------------------
@@ -1130,6 +1303,8 @@ def flatten_shape(shapes, attrs):
 
 
 def view_vjp(b, v, xs, g):  # reshape and flatten: the gradient is g seen in x's shape
+    if b.A.nodes[g]["op"] in ("transpose", "slice"):  # a strided view: NumPy's reshape would copy it on each call,
+        g = b.node("copy", g, hint=f"{g}_contiguous")  # so it is copied once, into a buffer of the workspace
     return [b.node("reshape", g, shape=tuple(b.shape(xs[0])), hint=f"d{xs[0]}_view")]
 
 

@@ -194,8 +194,10 @@ def module() -> types.ModuleType:
                  "bool_"):  # section 15's ops (tests/test_seq_ops.py); each is CuPy's too
         setattr(cp, name, getattr(np, name))
     for name in ("sum", "max", "min", "mean", "var", "cumsum", "take", "take_along_axis", "expand_dims",
-                 "broadcast_to"):
+                 "broadcast_to", "bincount", "triu"):
         setattr(cp, name, _device_only(getattr(np, name)))
+    for name in ("floor_divide", "inf"):  # attention, (N, C, d1...) cross_entropy
+        setattr(cp, name, getattr(np, name))
     for name in ("full", "zeros_like", "empty", "empty_like", "arange", "zeros", "ones"):
         setattr(cp, name, _wrap(getattr(np, name)))
     cp.ndarray, cp.asarray, cp.asnumpy, cp.ElementwiseKernel = ndarray, asarray, asnumpy, ElementwiseKernel

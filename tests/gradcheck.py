@@ -67,6 +67,8 @@ def random_inputs(mod, seed: int = 1, dims: dict | None = None) -> tuple:
         if name in classes:
             c = classes[name]
             inputs.append(rng.integers(0, sizes[c] if isinstance(c, str) else c, shape))
+        elif name in getattr(mod, "_BOOLS", ()):  # a boolean input: where's condition
+            inputs.append(rng.random(shape) < 0.5)
         else:
             inputs.append(rng.standard_normal(shape))
     return tuple(inputs)

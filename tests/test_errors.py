@@ -131,13 +131,13 @@ SPEC_ERRORS = {
         GraphError, "node 'loss': cross_entropy attribute reduction='none' is not one of 'mean', 'sum'", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y, reduction=\'none\')"')),
     "integer input outside cross_entropy": Case(
-        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy may "
-        "be integer", node="loss",
+        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy or "
+        "the ids of embedding may be integer", node="loss",
         text=spec('pred = "X @ W"\nloss = "mse(pred, labels)"',
                   inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
     "integer logits": Case(
-        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy may "
-        "be integer", node="loss",
+        GraphError, "node 'loss': labels is an integer input (class indices): only the target of cross_entropy or "
+        "the ids of embedding may be integer", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(labels, pred)"',
                   inputs='[inputs]\nX = [4, 3]\nlabels = { shape = [4, 2], dtype = "int64" }\n')),
     "class indices of the wrong shape": Case(
@@ -151,7 +151,7 @@ SPEC_ERRORS = {
         text=spec('pred = "X @ W"\nloss = "cross_entropy(pred, y)"', inputs='[inputs]\nX = [4, 3]\ny = [4]\n')),
     "cross_entropy of 1-D logits": Case(
         ShapeError, "node 'loss': loss = cross_entropy(loss_sum, y, reduction='mean'): cross_entropy needs logits "
-        "of shape (N, C), got (4,)", node="loss",
+        "of shape (N, C) or (N, C, d1, ...), got (4,)", node="loss",
         text=spec('pred = "X @ W"\nloss = "cross_entropy(sum(pred, axis=1), y)"')),
     "bce shapes": Case(
         ShapeError, "node 'loss': loss = binary_cross_entropy_with_logits(pred, y, reduction='mean'): logits (4, 2) "
@@ -159,7 +159,7 @@ SPEC_ERRORS = {
         text=spec('pred = "X @ W"\nloss = "binary_cross_entropy_with_logits(pred, y)"',
                   inputs='[inputs]\nX = [4, 3]\ny = [4, 3]\n')),
     "transpose of 1-D": Case(
-        ShapeError, "node 'loss_transpose': loss_transpose = transpose(b): transpose needs a 2-D operand, got (2,)",
+        ShapeError, "node 'loss_transpose': loss_transpose = transpose(b): transpose needs a 2-D operand, got (2,) (or axes=(...))",
         node="loss_transpose",
         text=spec('pred = "X @ W"\nloss = "mse(pred, transpose(b))"',
                   params='[params]\nW = { shape = [3, 2] }\nb = { shape = [2] }\n')),
@@ -184,7 +184,7 @@ SPEC_ERRORS = {
         SpecError, "dims gives 'M' a size, but no input has that dimension (named dimensions: N)",
         text="[dims]\nM = 4\n" + spec(inputs='[inputs]\nX = ["N", 3]\ny = ["N", 2]\n')),
     "integer input of an unknown dtype": Case(
-        GraphError, "node 'y': unsupported dtype 'int8' (use one of float64, float32, int64)", node="y",
+        GraphError, "node 'y': unsupported dtype 'int8' (use one of float64, float32, int64, bool)", node="y",
         text=spec(inputs='[inputs]\nX = [4, 3]\ny = { shape = [4], dtype = "int8" }\n')),
     "unknown optimizer": Case(SpecError, "unknown optimizer 'rmsprop' (graphc has 'sgd', 'adam', 'adamw')",
                               text=spec(train='[train]\nloss = "loss"\noptimizer = "rmsprop"\n')),

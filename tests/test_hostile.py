@@ -110,7 +110,7 @@ CORPUS = {
     "attr_slope_inf.toml": "node 'loss_leaky_relu': leaky_relu attribute negative_slope=inf must be a finite number",
     "attr_slope_expression.toml": "node 'loss': attribute negative_slope= must be a literal: a number, a string",
     "expr_integer_target_injection.toml": "node 'loss_mul': y is an integer input (class indices): only the target "
-                                          "of cross_entropy may be integer",
+                                          "of cross_entropy or the ids of embedding may be integer",
     "valid_new_ops.toml": COMPILES,
     "init_injection.toml": "node 'W': unknown init \"zeros((3, 2)); __import__(",
     "dtype_injection.toml": "unsupported dtype \"float64; __import__(",

@@ -185,7 +185,7 @@ def test_op(case):
     "op, shapes, message",
     [
         ("matmul", [(32, 100), (50, 10)], "shapes (32, 100) and (50, 10) do not align (100 != 50)"),
-        ("matmul", [(3,), (3, 2)], "matmul needs 2-D operands, got (3,) and (3, 2)"),
+        ("matmul", [(), (3, 2)], "matmul needs operands of at least 1 dimension, got () and (3, 2)"),
         ("add", [(3, 4), (5,)], "shapes (3, 4) and (5,) do not broadcast"),
         ("mul", [(2, 3), (3, 2)], "shapes (2, 3) and (3, 2) do not broadcast"),
         ("mse", [(3, 4), (4, 3)], "prediction (3, 4) and target (4, 3) differ"),
@@ -352,7 +352,16 @@ def every_op_graphs(N=20000, D=16, C=4):
     t3 = gc.conv_transpose2d(gc.reshape(c3, (N, 1, 3, 3)), g3.param("k4", (1, 1, 2, 2), scale=0.3), stride=2,
                              padding=1, output_padding=1)  # (N, 1, 5, 5)
     loss3 = gc.cross_entropy(gc.reshape(t3, (N, 25)) @ g3.param("W", (25, C), scale=0.3), y3, name="loss")
-    return (g, loss1), (g2, loss2), (g3, loss3)
+    g4 = gc.Graph("attention")  # section 15's: token ids, a masked input, causal self-attention, (N, C, T) logits
+    ids, keep, y4 = g4.input("ids", (N, 2), dtype="int64"), g4.input("keep", (N, 2, 4), dtype="bool"), \
+        g4.input("y", (N, 2), dtype="int64")
+    x4 = gc.where(keep, gc.embedding(ids, g4.param("E", (C, 4))), 0.0)  # (N, T, 4)
+    q, k, v = (gc.transpose(gc.reshape(x4 @ g4.param(w, (4, 4), scale=0.3), (N, 2, 2, 2)), axes=(0, 2, 1, 3))
+               for w in ("Wq", "Wk", "Wv"))  # (N, heads, T, 2)
+    heads = gc.sum(gc.attention(q, k, v, causal=True), axis=1)  # (N, T, 2)
+    logits4 = gc.transpose(heads @ g4.param("Wo", (2, C), scale=0.3), axes=(0, 2, 1))  # (N, C, T)
+    loss4 = gc.cross_entropy(logits4, y4, name="loss")
+    return (g, loss1), (g2, loss2), (g3, loss3), (g4, loss4)
 
 
 def test_step_allocates_no_arrays_with_every_new_op():
@@ -369,6 +378,8 @@ def test_step_allocates_no_arrays_with_every_new_op():
             data = g.nx.nodes[name]
             if data["dtype"] == "int64":
                 inputs.append(rng.integers(0, 4, size=data["shape"]))
+            elif data["dtype"] == "bool":
+                inputs.append(rng.random(data["shape"]) < 0.5)
             else:
                 inputs.append(rng.random(data["shape"]))
         trainer = mod.Trainer(mod.init_params())
@@ -384,7 +395,7 @@ def test_every_new_op_is_covered_by_the_allocation_test():
     new = {"div", "neg", "exp", "log", "tanh", "sigmoid", "leaky_relu", "softmax", "log_softmax", "sum", "mean",
            "transpose", "cross_entropy", "binary_cross_entropy_with_logits",
            "conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",
-           "reshape"}
+           "reshape", "matmul", "embedding", "where", "attention"}
     used = set()
     for g, _ in every_op_graphs():
         used |= {op for _, op in g.nx.nodes(data="op")}
