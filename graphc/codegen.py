@@ -12,7 +12,7 @@ import jinja2
 
 from . import fusion, optim
 from .backends import BACKENDS
-from .graph import DTYPES, describe, dim_names, operands, topo_order
+from .graph import DTYPES, describe, dim_names, operands, topo_order, trainable
 from .ops import OPS, fmt as shape_text
 from .schedule import Schedule
 
@@ -150,7 +150,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     for p in (v for v in G if G.nodes[v]["op"] == "param"):
         data = G.nodes[p]
         params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn",
-                       "stored": data["init"] == "file"})
+                       "stored": data["init"] == "file", "trainable": trainable(G, p)})
     inputs = [{**leaf(v), "classes": classes_of(G, v)} for v in G if G.nodes[v]["op"] == "input"]
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,

@@ -15,7 +15,7 @@ from .backends import BACKENDS
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .files import check_spec_suffix, holds, load_module, npz_bytes, same_file, write_atomic, write_together
-from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx
+from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx, trainable_params
 from .ops import OPS
 from .passes import optimize
 from .schedule import Schedule, schedule
@@ -104,6 +104,8 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
     outputs = check_outputs(G, g, loss, outputs)
     if loss is not None and not any(op == "param" for _, op in G.nodes(data="op")):
         raise GraphError("the graph has no params: there is nothing to train")
+    if loss is not None and not trainable_params(G):
+        raise GraphError("every param is trainable = false: there is nothing to train")
     G.graph["dims"] = check_dims(G, dims)
     init_values = check_init_values(G, init_values)
     if not isinstance(backend, str) or backend not in BACKENDS:

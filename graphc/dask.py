@@ -354,7 +354,7 @@ class DataParallelTrainer:
         loss, grads = 0.0, {}
         for (shard_loss, shard_grads), w in zip(results, weights):
             loss += shard_loss if w is None else w * shard_loss
-            for name in self.module.PARAMS:
+            for name in self.module.TRAINABLE:
                 g = shard_grads[name]
                 if name not in grads:
                     grads[name] = acc = np.array(g, copy=True)  # fresh and writable (also for a 0-d gradient)

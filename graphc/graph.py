@@ -140,6 +140,18 @@ def check_number(value, what: str, node: str | None = None) -> float:
     return value
 
 
+def trainable(G: nx.DiGraph, v) -> bool:
+    """Whether node ``v`` is a param that training changes: the one place that says so (a param with
+    ``trainable=False`` gets no gradient and no optimizer state; the others do)."""
+    data = G.nodes[v]
+    return data["op"] == "param" and data.get("trainable", True)
+
+
+def trainable_params(G: nx.DiGraph) -> list:
+    """The trainable params, in declaration order."""
+    return [v for v in G if trainable(G, v)]
+
+
 def check_fits(data: dict, node) -> None:
     """A param's init (times its scale) and a constant must be finite in the node's dtype (float32 ends at 3.4e38)."""
     top = float(np.finfo(data["dtype"]).max)
@@ -327,8 +339,11 @@ class Graph:
         self.nx.add_node(name, op="input", shape=shape, dtype=dtype, attrs={})
         return Tensor(self, name)
 
-    def param(self, name: str, shape, init="randn", scale=None, dtype: str | None = None) -> Tensor:
-        """A trained parameter. ``init`` is "zeros", "ones", "randn" or a number; ``scale`` multiplies it."""
+    def param(self, name: str, shape, init="randn", scale=None, dtype: str | None = None,
+              trainable: bool = True) -> Tensor:
+        """A parameter. ``init`` is "zeros", "ones", "randn" or a number; ``scale`` multiplies it. A param with
+        ``trainable=False`` gets no gradient and no optimizer update (batch_norm's running statistics, a frozen
+        layer)."""
         name = self._new_name(name, "param")
         shape = check_shape(shape, name)
         if isinstance(init, str):
@@ -339,6 +354,10 @@ class Graph:
         data = dict(op="param", shape=shape, dtype=check_dtype(dtype or self.dtype, name), init=init, attrs={})
         if scale is not None:
             data["scale"] = check_number(scale, "scale", name)
+        if not isinstance(trainable, bool):
+            raise GraphError(f"trainable must be True or False, got {trainable!r}", node=name)
+        if not trainable:
+            data["trainable"] = False
         check_fits(data, name)
         self.nx.add_node(name, **data)
         return Tensor(self, name)
@@ -515,7 +534,7 @@ def from_networkx(G: nx.DiGraph, name: str | None = None, dtype: str | None = No
             g.input(v, data.get("shape"), dtype=data.get("dtype"))
         elif op == "param":
             g.param(v, data.get("shape"), init=data.get("init", "randn"), scale=data.get("scale"),
-                    dtype=data.get("dtype"))
+                    dtype=data.get("dtype"), trainable=data.get("trainable", True))
         elif op == "const":
             g.const((data.get("attrs") or {}).get("value"), name=v)
         else:

@@ -20,6 +20,11 @@ INPUTS = ()
 PARAMS = ("x", "y", "z")
 DTYPE = np.float64
 DIMS = {}  # named dimensions: their default sizes
+TRAINABLE = (
+    "x",
+    "y",
+    "z",
+)  # the params training changes (not those with trainable = false)
 BATCH_DIM = None
 OPTIMIZER = "sgd"
 HYPERPARAMS = {
@@ -289,7 +294,7 @@ def loss(params):
 
 
 def value_and_grad(params):
-    """Return (loss, grads): grads maps each name in PARAMS to d f / d param. Params are not changed."""
+    """Return (loss, grads): grads maps each name in TRAINABLE to d f / d param. Params are not changed."""
     _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
@@ -371,7 +376,7 @@ class Trainer:
         # The optimizer's state of each param (momentum_buffer), zero at the start, kept only when momentum is not 0.
         self._state = {
             name: (np.zeros_like(params[name]),) if self.hyperparams["momentum"] else ()
-            for name in PARAMS
+            for name in TRAINABLE
         }
         # Temporaries of the update, shared by the params of one shape.
         shared = {}
@@ -380,7 +385,7 @@ class Trainer:
                 params[name].shape,
                 (np.empty_like(params[name]), np.empty_like(params[name])),
             )
-            for name in PARAMS
+            for name in TRAINABLE
         }
         # The step's buffers, one set per distinct set of dimension sizes, allocated by its first step.
         self._workspaces = {}
@@ -420,7 +425,7 @@ class Trainer:
         """The optimizer's in-place update from gradients computed elsewhere (a dict like value_and_grad's): what
         step() does after its backward pass."""
         arrays = []
-        for name in PARAMS:
+        for name in TRAINABLE:
             grad = grads.get(name)
             if grad is None or np.shape(grad) != _SHAPES[name]:
                 got = "nothing" if grad is None else f"shape {np.shape(grad)}"
@@ -431,22 +436,22 @@ class Trainer:
         if self.check_finite:
             _check_finite(
                 self.steps + 1,
-                *((f"d f / d {name}", g) for name, g in zip(PARAMS, arrays)),
+                *((f"d f / d {name}", g) for name, g in zip(TRAINABLE, arrays)),
             )
         self._apply(arrays)
 
     def _apply(self, grads, own=False):
-        """SGD (torch.optim.SGD), in place: one update of every param from its gradient (in PARAMS order).
+        """SGD (torch.optim.SGD), in place: one update of every trainable param from its gradient (in TRAINABLE order).
         own: the gradients are step()'s buffers, which the update may overwrite."""
         hp = self.hyperparams
         lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
         weight_decay, nesterov = hp["weight_decay"], hp["nesterov"]
-        if momentum and not self._state[PARAMS[0]]:
+        if momentum and not self._state[TRAINABLE[0]]:
             raise ValueError(
                 "momentum was 0 when this Trainer was made, so it keeps no momentum buffers: make a Trainer with momentum"
             )
         self.steps += 1
-        for name, grad in zip(PARAMS, grads):
+        for name, grad in zip(TRAINABLE, grads):
             param = self.params[name]
             (momentum_buffer,) = self._state[name] or (None,)
             tmp, tmp2 = self._scratch[name]
@@ -497,7 +502,7 @@ class Trainer:
                 f"the state is of optimizer {str(state.get('optimizer'))!r}, this Trainer's is {OPTIMIZER!r}"
             )
         kept = any(key.startswith("momentum_buffer.") for key in state)
-        if kept != bool(self._state[PARAMS[0]]):
+        if kept != bool(self._state[TRAINABLE[0]]):
             raise ValueError(
                 f"the state {'has' if kept else 'has no'} momentum_buffer arrays, but this Trainer's momentum is {self.hyperparams['momentum']!r}: "
                 "make the Trainer with the momentum the state was saved with (momentum 0 keeps no momentum_buffer)"
@@ -538,7 +543,7 @@ class Trainer:
 
     def _arrays(self):
         arrays = {f"params.{name}": self.params[name] for name in PARAMS}
-        for name in PARAMS:
+        for name in TRAINABLE:
             arrays.update(
                 (f"{key}.{name}", value)
                 for key, value in zip(("momentum_buffer",), self._state[name])
