@@ -14,11 +14,12 @@ from . import fusion, optim
 from .backends import BACKENDS
 from .graph import DTYPES, describe, dim_names, operands, topo_order, trainable
 from .ops import OPS, fmt as shape_text
-from .schedule import Schedule
+from .schedule import Schedule, kept_values
 
 # The names the generated functions use for their own purposes (NumPy's, every backend's array module, ...). If a
 # user name takes one, ours is renamed.
-COMPILER_NAMES = tuple(dict.fromkeys(["np", *(b.array_module for b in BACKENDS.values()), "params", "self", "dims"]))
+COMPILER_NAMES = tuple(dict.fromkeys(["np", *(b.array_module for b in BACKENDS.values()), "params", "self", "dims",
+                                      "train", "rng"]))
 
 
 def template_dir() -> Path:
@@ -64,6 +65,8 @@ class Renderer:
     def __init__(self, G, A, np_name: str, backend: str = "numpy"):
         self.graphs = {"forward": G, "backward": A}
         self.ops = environment().get_template("ops.j2").make_module({"np": np_name, "backend": backend})
+        self.mode = {"train": "False", "rng": None}  # the function being written: its mode (Op.modes)
+        self.keep = {}  # forward node -> the variable its forward writes its random kept value to (Op.draws)
         self.text = {}  # (graph, node) -> how an operand is written: a variable, a literal or an inline view
         for key, graph in self.graphs.items():
             for v in topo_order(graph) if graph is not None else ():
@@ -83,6 +86,8 @@ class Renderer:
         rule = OPS[data["op"]].template_attrs  # what the op's macros take besides its attrs
         attrs = dict(data["attrs"]) if rule is None else \
             rule([graph.nodes[a]["shape"] for a in args], data["attrs"], data["dtype"], into)
+        if OPS[data["op"]].modes:
+            attrs.update(self.mode, keep=self.keep.get(v) if key == "forward" else None)
         return [self.text[key, a] for a in args], attrs
 
     def expr(self, key: str, v) -> str:
@@ -137,8 +142,12 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     array_module = BACKENDS[backend].array_module
     r = Renderer(G, A, names[array_module], backend)  # the array module of the generated functions
 
-    def function(fn, extra=()):
-        body = [r.statement(s) for s in fn.body]
+    def function(fn, train="False", extra=()):
+        """A pure function's statements in mode ``train`` (True, False or the name of its variable); with a
+        backward pass, a random kept value (Op.draws) is its forward statement's, not computed again."""
+        r.mode = {"train": train, "rng": names["rng"]}
+        r.keep = drawn(G, A) if any(s.graph == "backward" for s in fn.body) else {}
+        body = [r.statement(s) for s in fn.body if not (s.graph == "backward" and s.node in r.keep.values())]
         return {"inputs": fn.inputs, "params": fn.params, "body": body, "dims": used_dims(dims, body, extra)}
 
     def leaf(v):
@@ -156,6 +165,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
+        modes=modes(G),
     )
     if train is not None:
         ws = sched.workspace
@@ -170,12 +180,12 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
             hyperparams={k: repr(v) for k, v in train.hyperparams.items()},
             loss=sched.loss,
             grads={p: r.text["backward", g] for p, g in A.graph["grads"].items()},
-            loss_fn=function(sched.loss_fn),
-            value_and_grad=function(sched.train),
+            loss_fn=function(sched.loss_fn, names["train"]),
+            value_and_grad=function(sched.train, names["train"]),
             trainer={
                 "buffers": buffers,
                 "dims": workspace_dims,
-                "body": trainer_body(sched, r, kernels),
+                "body": trainer_body(sched, r, kernels, f'{names["self"]}.rng'),
                 "updates": [u.grad for u in ws.updates],
                 "own": opt.own and all(u.inplace for u in ws.updates),
             },
@@ -185,6 +195,19 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)
+
+
+def modes(G) -> dict:
+    """What the module says about modes: whether any op's two modes differ (MODES_DIFFER), whether one draws random
+    numbers (its functions take a Generator), and the nodes whose running statistics Trainer.step updates."""
+    ops = [OPS[op] for _, op in G.nodes(data="op") if op in OPS]
+    return {"differ": any(o.modes for o in ops), "draws": any(o.draws for o in ops),
+            "running": {v: op for v, op in G.nodes(data="op") if op in OPS and OPS[op].running}}
+
+
+def drawn(G, A) -> dict:
+    """Forward node -> its random kept value (Op.draws: dropout's mask), which the forward statement writes."""
+    return {v: e for v, e in kept_values(G, A).items() if OPS[G.nodes[v]["op"]].draws}
 
 
 def helpers(r: "Renderer", G, A) -> list[str]:
@@ -209,8 +232,10 @@ def fused(sched):
     return fusion.kernels(sched, kernel_macros())
 
 
-def trainer_body(sched, r: "Renderer", kernels: dict) -> list[dict]:
-    """Trainer.step's statements into the workspace; each fused chain (``kernels``) is one kernel call."""
+def trainer_body(sched, r: "Renderer", kernels: dict, rng: str) -> list[dict]:
+    """Trainer.step's statements into the workspace, in training mode (drawing from ``rng``, the Trainer's
+    Generator); each fused chain (``kernels``) is one kernel call."""
+    r.mode, r.keep = {"train": "True", "rng": rng}, {}
     ws = sched.workspace
     body, skip = [], 0
     for i, p in enumerate(ws.body):

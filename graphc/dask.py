@@ -112,6 +112,11 @@ def _check_module(mod, where: str):
     if missing:
         raise ValueError(f"{where} has no {', '.join(missing)}: it was generated without training support or by "
                          "an older graphc; compile it again with this one")
+    running = getattr(mod, "RUNNING", {})
+    if running:
+        node, op = next(iter(running.items()))
+        raise ValueError(f"{where}: {op} {node!r} updates its running statistics in training, which the workers' "
+                         "shards cannot share: data-parallel training refuses it (train on one process)")
     if mod.BATCH_DIM is None:
         raise ValueError(f"{where} has no batch dimension (BATCH_DIM is None): data-parallel training splits the "
                          "batch along a named dimension, e.g. X = [\"N\", 64]")

@@ -674,3 +674,15 @@ def flatten(x, start_dim=1, name=None) -> Tensor:
 def reshape(x, shape, name=None) -> Tensor:
     """= torch.reshape: one -1 at most; an entry may be a dimension name ("N"), which x must have."""
     return apply("reshape", x, name=name, shape=shape)
+
+
+def dropout(x, p=0.5, name=None) -> Tensor:
+    """= torch.nn.functional.dropout: in training mode (value_and_grad, Trainer.step) each element is zeroed with
+    probability ``p`` and the rest scaled by 1 / (1 - p); in evaluation mode (predict, loss) the identity."""
+    return apply("dropout", x, name=name, p=p)
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, name=None) -> Tensor:
+    """= torch.nn.BatchNorm1d/2d over axis 1 of a 2-D, 3-D or 4-D ``x``: batch statistics in training mode (and
+    Trainer.step updates ``running_mean``/``running_var``, trainable=False params), running ones in evaluation."""
+    return apply("batch_norm", x, weight, bias, running_mean, running_var, name=name, momentum=momentum, eps=eps)

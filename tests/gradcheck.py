@@ -1,5 +1,7 @@
 """The one shared gradient checker: central finite differences in float64 against a module's value_and_grad."""
 
+import functools
+
 import numpy as np
 
 import graphc as gc
@@ -24,17 +26,19 @@ def finite_differences(loss, params: dict, inputs: tuple, eps: float = 1e-6, nam
     return grads
 
 
-def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7) -> dict:
-    """Assert the generated value_and_grad matches central differences of the generated loss; return grads.
+def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7, train: bool = True) -> dict:
+    """Assert the generated value_and_grad matches central differences of the generated loss, both in training
+    mode (``train=False``: evaluation mode); return grads.
 
     Each element must agree within ``atol + rtol * max|expected|`` (normwise per param): rounding in the
     differences grows with the loss, not with each element, so small elements beside large ones need this.
     """
     before = {k: v.copy() for k, v in params.items()}
-    value, grads = mod.value_and_grad(params, *inputs)
+    value, grads = mod.value_and_grad(params, *inputs, train=train)
     for k in params:
         np.testing.assert_array_equal(params[k], before[k], err_msg="value_and_grad changed the params")
-    loss = mod.loss
+    # the loss in value_and_grad's mode: dropout draws the same masks from its default generator at every call
+    loss = functools.partial(mod.loss, train=train)
     assert value == loss(params, *inputs)
     trained = mod.TRAINABLE  # frozen params (trainable = false) have no gradient
     assert set(grads) == set(trained)

@@ -112,3 +112,138 @@ def test_frozen_param_errors(tmp_path):
     loss = gc.sum(x * g.param("w", (3,), trainable=False))
     with pytest.raises(gc.GraphError, match="every param is trainable = false"):
         gc.compile(g, loss)
+
+
+# ---- dropout ---------------------------------------------------------------------------------------------------
+
+F = torch.nn.functional
+
+
+def dropout_graph(p=0.3, dtype="float64"):
+    g = gc.Graph("drop", dtype=dtype)
+    x, y = g.input("x", ("N", 5)), g.input("y", ("N", 2))
+    h = gc.dropout(gc.tanh(x @ g.param("W", (5, 6))), p, name="h")  # tanh: no exact zeros before the mask
+    return g, gc.mse(h @ g.param("V", (6, 2)), y, name="loss")
+
+
+def dropout_data(n=7, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 5)), rng.standard_normal((n, 2))
+
+
+def test_modes_differ_only_with_modes_ops():
+    g, loss = dropout_graph()
+    assert gc.compile(g, loss, dims={"N": 4}).load().MODES_DIFFER is True
+    g, loss = frozen_graph()
+    assert gc.compile(g, loss, dims={"N": 4}).load().MODES_DIFFER is False
+
+
+def torch_dropout_loss(params, x, y, mask, p):
+    W, V = (torch.tensor(params[k], requires_grad=True) for k in ("W", "V"))
+    h = torch.tanh(torch.tensor(x) @ W) * (torch.tensor(mask, dtype=torch.float64) / (1 - p))  # F.dropout's: x * mask / (1 - p)
+    value = F.mse_loss(h @ V, torch.tensor(y))
+    value.backward()
+    return value.item(), {"W": W.grad.numpy(), "V": V.grad.numpy()}
+
+
+@pytest.mark.parametrize("p", [0.3, 0.0, 0.9])
+def test_dropout_training_mode_matches_torch(p):
+    g, loss = dropout_graph(p)
+    mod = gc.compile(g, loss, dims={"N": 7}, outputs=["h", "loss"]).load()
+    params = mod.init_params(0)
+    x, y = dropout_data()
+    value, grads = mod.value_and_grad(params, x, y, rng=np.random.default_rng(5))
+    # the mask: a uniform draw per element (Generator.random, in the module's dtype), kept where >= p
+    mask = np.random.default_rng(5).random((7, 6)) >= p
+    ref_value, ref_grads = torch_dropout_loss(params, x, y, mask, p)
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    for k in ("W", "V"):
+        np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    # loss(train=True) draws the same mask from the same generator; value_and_grad's default is default_rng(0)
+    assert mod.loss(params, x, y, train=True, rng=np.random.default_rng(5)) == value
+    assert mod.value_and_grad(params, x, y)[0] == mod.loss(params, x, y, train=True)
+    if 0 < p:
+        assert 0 < (~mask).sum() < mask.size
+
+
+def test_dropout_evaluation_mode_is_the_identity():
+    g, loss = dropout_graph()
+    mod = gc.compile(g, loss, dims={"N": 7}, outputs=["h", "loss"]).load()
+    params = mod.init_params(0)
+    x, y = dropout_data()
+    h, value = mod.predict(params, x, y)
+    np.testing.assert_array_equal(h, np.tanh(x @ params["W"]))
+    assert mod.loss(params, x, y) == value
+    ref_value, ref_grads = torch_dropout_loss(params, x, y, np.ones((7, 6), bool), 0.0)
+    eval_value, grads = mod.value_and_grad(params, x, y, train=False)
+    assert eval_value == pytest.approx(ref_value, rel=1e-12)
+    for k in ("W", "V"):
+        np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dropout_gradients_against_finite_differences(train):
+    g, loss = dropout_graph()
+    mod = gc.compile(g, loss, dims={"N": 4}).load()
+    check_gradients(mod, mod.init_params(2), dropout_data(4), train=train)
+
+
+def test_dropout_trainer_step_matches_value_and_grad_and_resumes_bit_exactly(tmp_path):
+    from test_memory import assert_trainer_matches_value_and_grad
+
+    g, loss = dropout_graph()
+    x, y = dropout_data()
+    sgd = gc.compile(g, loss, dims={"N": 7}).load()  # the helper's reference is SGD
+    assert_trainer_matches_value_and_grad(sgd, sgd.init_params(0), (x, y), steps=3)
+    mod = gc.compile(g, loss, optimizer="adam", dims={"N": 7}, lr=0.01).load()
+    a = mod.Trainer(mod.init_params(0), lr=0.01, seed=3)
+    for _ in range(3):
+        a.step(x, y)
+    assert "rng" in a.state_dict()
+    a.save(tmp_path / "ckpt.npz")
+    later = [a.step(x, y) for _ in range(3)]
+    b = mod.Trainer(mod.init_params(1), lr=0.01, seed=99).load(tmp_path / "ckpt.npz")
+    assert [b.step(x, y) for _ in range(3)] == later
+    for k in mod.PARAMS:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    seeds = [mod.Trainer(mod.init_params(0), lr=0.01, seed=s).step(x, y) for s in (3, 3, 4)]
+    assert seeds[0] == seeds[1] != seeds[2]  # the seed picks the masks
+    state = a.state_dict()
+    state["rng"] = np.zeros(3, np.uint64)
+    with pytest.raises(ValueError, match="'rng' must be 6 uint64 words"):
+        b.load_state_dict(state)
+
+
+def test_dropout_float32():
+    g, loss = dropout_graph(dtype="float32")
+    mod = gc.compile(g, loss, dims={"N": 7}).load()
+    params = mod.init_params(0)
+    x, y = (a.astype(np.float32) for a in dropout_data())
+    value, grads = mod.value_and_grad(params, x, y)
+    assert grads["W"].dtype == np.float32
+    trainer = mod.Trainer({k: v.copy() for k, v in params.items()})
+    assert trainer.step(x, y) == value
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5, "half", True])
+def test_dropout_p_outside_the_interval_is_a_one_line_error(p):
+    g = gc.Graph("m")
+    x = g.input("x", (3, 4))
+    with pytest.raises(gc.GraphError) as err:
+        gc.dropout(x, p, name="drop1")
+    assert "drop1" in str(err.value) and "[0, 1)" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dropout_p_error_in_a_spec(tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[inputs]\nx = ["N", 3]\n[params]\nW = { shape = [3, 1] }\n[nodes]\n'
+                    'h = "dropout(x @ W, p=1.0)"\nloss = "sum(h)"\n[train]\nloss = "loss"\n[dims]\nN = 2\n')
+    assert main(["compile", str(spec), "-o", str(tmp_path / "m.py")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "h" in err and "[0, 1)" in err and len(err.splitlines()) == 1, err
+
+
+def test_modes_ops_refuse_cupy():
+    g, loss = dropout_graph()
+    with pytest.raises(gc.GraphError, match="dropout has no cupy template yet"):
+        gc.compile(g, loss, dims={"N": 4}, backend="cupy")

@@ -352,7 +352,18 @@ def every_op_graphs(N=20000, D=16, C=4):
     t3 = gc.conv_transpose2d(gc.reshape(c3, (N, 1, 3, 3)), g3.param("k4", (1, 1, 2, 2), scale=0.3), stride=2,
                              padding=1, output_padding=1)  # (N, 1, 5, 5)
     loss3 = gc.cross_entropy(gc.reshape(t3, (N, 25)) @ g3.param("W", (25, C), scale=0.3), y3, name="loss")
-    return (g, loss1), (g2, loss2), (g3, loss3)
+    g4 = gc.Graph("modes")  # section 14's modes: dropout and batch_norm (2-D and 4-D), in training mode
+    X4, y4 = g4.input("X", (N, 2, 2, 2)), g4.input("y", (N,), dtype="int64")
+
+    def bn(g, x, c, name):
+        stats = (g.param(f"{name}_mean", (c,), init="zeros", trainable=False),
+                 g.param(f"{name}_var", (c,), init="ones", trainable=False))
+        return gc.batch_norm(x, g.param(f"{name}_w", (c,), init="ones"), g.param(f"{name}_b", (c,), init="zeros"),
+                             *stats, name=name)
+
+    h4 = gc.dropout(gc.flatten(bn(g4, X4, 2, "bn1")), 0.25, name="drop")  # (N, 8)
+    z4 = bn(g4, h4 @ g4.param("W", (8, C), scale=0.3), C, "bn2")
+    return (g, loss1), (g2, loss2), (g3, loss3), (g4, gc.cross_entropy(z4, y4, name="loss"))
 
 
 def test_step_allocates_no_arrays_with_every_new_op():
@@ -384,7 +395,7 @@ def test_every_new_op_is_covered_by_the_allocation_test():
     new = {"div", "neg", "exp", "log", "tanh", "sigmoid", "leaky_relu", "softmax", "log_softmax", "sum", "mean",
            "transpose", "cross_entropy", "binary_cross_entropy_with_logits",
            "conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",
-           "reshape"}
+           "reshape", "dropout", "batch_norm"}
     used = set()
     for g, _ in every_op_graphs():
         used |= {op for _, op in g.nx.nodes(data="op")}

@@ -4,7 +4,7 @@ Regenerate with: graphc compile examples/chain_rule.toml -o examples/chain_rule.
 
 It needs only NumPy. Contents: INPUTS and PARAMS (names, in order), init_params(seed),
 predict(params, *inputs), loss(params, *inputs), value_and_grad(params, *inputs),
-Trainer(params, lr, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
+Trainer(params, lr, seed, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
 checkpoints (.save(path), .load(path)): forward, backward and the SGD (torch.optim.SGD) update fused,
 and save_params(params, path) / load_params(path). Running it trains on random data of the right shapes.
 """
@@ -19,6 +19,7 @@ import numpy as np
 INPUTS = ()
 PARAMS = ("x", "y", "z")
 DTYPE = np.float64
+MODES_DIFFER = False  # whether an op acts differently in training (value_and_grad, Trainer.step) and evaluation (predict, loss)
 DIMS = {}  # named dimensions: their default sizes
 TRAINABLE = (
     "x",
@@ -35,6 +36,7 @@ HYPERPARAMS = {
     "nesterov": False,
 }
 LR = HYPERPARAMS["lr"]
+RUNNING = {}  # the nodes whose running statistics Trainer.step updates in place
 LOSS_REDUCTION = None  # how the loss combines the batch's rows
 ITERATIONS = 10
 _SHAPES = {
@@ -277,8 +279,8 @@ def predict(params):
     return f
 
 
-def loss(params):
-    """Return the loss, f, as a float."""
+def loss(params, *, train=False, rng=None):
+    """Return the loss, f, as a float, in evaluation mode (train=True: training mode)."""
     _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
@@ -293,8 +295,9 @@ def loss(params):
     return f.item()
 
 
-def value_and_grad(params):
-    """Return (loss, grads): grads maps each name in TRAINABLE to d f / d param. Params are not changed."""
+def value_and_grad(params, *, train=True, rng=None):
+    """Return (loss, grads): grads maps each name in TRAINABLE to d f / d param, in training mode
+    (train=False: evaluation mode). Params are not changed."""
     _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
@@ -366,13 +369,15 @@ class Trainer:
     """SGD (torch.optim.SGD) on params (a dict of arrays, updated in place): one fused forward, backward and update
     per step; the optimizer's state and the step's buffers are allocated once."""
 
-    def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
+    def __init__(self, params, lr=LR, check_finite=False, seed=0, **hyperparams):
         _check_params(params)
         _check_writable(params)
         self.params = params
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
+        # What training mode draws from (dropout's masks).
+        self.rng = np.random.default_rng(seed)
         # The optimizer's state of each param (momentum_buffer), zero at the start, kept only when momentum is not 0.
         self._state = {
             name: (np.zeros_like(params[name]),) if self.hyperparams["momentum"] else ()

@@ -4,7 +4,7 @@ Regenerate with: graphc compile examples/two_layer.toml -o examples/two_layer.py
 
 It needs only NumPy. Contents: INPUTS and PARAMS (names, in order), init_params(seed),
 predict(params, *inputs), loss(params, *inputs), value_and_grad(params, *inputs),
-Trainer(params, lr, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
+Trainer(params, lr, seed, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
 checkpoints (.save(path), .load(path)): forward, backward and the SGD (torch.optim.SGD) update fused,
 and save_params(params, path) / load_params(path). Running it trains on random data of the right shapes.
 """
@@ -19,6 +19,7 @@ import numpy as np
 INPUTS = ("X", "y")
 PARAMS = ("W1", "b1", "W2", "b2")
 DTYPE = np.float64
+MODES_DIFFER = False  # whether an op acts differently in training (value_and_grad, Trainer.step) and evaluation (predict, loss)
 DIMS = {}  # named dimensions: their default sizes
 TRAINABLE = (
     "W1",
@@ -36,6 +37,7 @@ HYPERPARAMS = {
     "nesterov": False,
 }
 LR = HYPERPARAMS["lr"]
+RUNNING = {}  # the nodes whose running statistics Trainer.step updates in place
 LOSS_REDUCTION = None  # how the loss combines the batch's rows
 ITERATIONS = 200
 _SHAPES = {
@@ -289,8 +291,8 @@ def predict(params, X):
     return pred
 
 
-def loss(params, X, y):
-    """Return the loss, loss, as a float."""
+def loss(params, X, y, *, train=False, rng=None):
+    """Return the loss, loss, as a float, in evaluation mode (train=True: training mode)."""
     _have_params(params, ("W1", "b1", "W2", "b2"))
     X, y, _ = _batch(X=X, y=y)
     W1 = params["W1"]
@@ -313,8 +315,9 @@ def loss(params, X, y):
     return loss.item()
 
 
-def value_and_grad(params, X, y):
-    """Return (loss, grads): grads maps each name in TRAINABLE to d loss / d param. Params are not changed."""
+def value_and_grad(params, X, y, *, train=True, rng=None):
+    """Return (loss, grads): grads maps each name in TRAINABLE to d loss / d param, in training mode
+    (train=False: evaluation mode). Params are not changed."""
     _have_params(params, ("W1", "b1", "W2", "b2"))
     X, y, _ = _batch(X=X, y=y)
     W1 = params["W1"]
@@ -409,13 +412,15 @@ class Trainer:
     """SGD (torch.optim.SGD) on params (a dict of arrays, updated in place): one fused forward, backward and update
     per step; the optimizer's state and the step's buffers are allocated once."""
 
-    def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
+    def __init__(self, params, lr=LR, check_finite=False, seed=0, **hyperparams):
         _check_params(params)
         _check_writable(params)
         self.params = params
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
+        # What training mode draws from (dropout's masks).
+        self.rng = np.random.default_rng(seed)
         # The optimizer's state of each param (momentum_buffer), zero at the start, kept only when momentum is not 0.
         self._state = {
             name: (np.zeros_like(params[name]),) if self.hyperparams["momentum"] else ()
