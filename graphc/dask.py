@@ -179,7 +179,8 @@ class DataParallelTrainer:
         self.timeout = timeout
         self._lost = ""  # why the shards were dropped, for the next step's message
         self._shards: list[list] = []  # per shard, one future per input of value_and_grad
-        self._inputs = [p for p in inspect.signature(mod.value_and_grad).parameters][1:]
+        self._inputs = [name for name, p in inspect.signature(mod.value_and_grad).parameters.items()
+                        if p.kind == p.POSITIONAL_OR_KEYWORD][1:]  # not the keyword-only mode arguments
         # Ship the module: every worker (and any that joins later) imports it under the same name.
         try:
             client.upload_file(str(path))

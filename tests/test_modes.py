@@ -247,3 +247,193 @@ def test_modes_ops_refuse_cupy():
     g, loss = dropout_graph()
     with pytest.raises(gc.GraphError, match="dropout has no cupy template yet"):
         gc.compile(g, loss, dims={"N": 4}, backend="cupy")
+
+
+# ---- batch_norm ------------------------------------------------------------------------------------------------
+
+def bn_graph(x_shape, momentum=0.1, eps=1e-5, frozen_weight=False):
+    """x -> batch_norm -> flatten -> @ W -> mse: the running statistics are trainable = false params."""
+    g = gc.Graph("bn")
+    C = x_shape[1]
+    x = g.input("x", ("N", *x_shape[1:]))
+    y = g.input("y", ("N", 3))
+    w = g.param("w", (C,), init="ones", trainable=not frozen_weight)
+    b = g.param("b", (C,), init="zeros")
+    rm = g.param("rm", (C,), init="zeros", trainable=False)
+    rv = g.param("rv", (C,), init="ones", trainable=False)
+    h = gc.batch_norm(x, w, b, rm, rv, momentum=momentum, eps=eps, name="bn")
+    flat = gc.flatten(h) if len(x_shape) > 2 else h
+    W = g.param("W", (int(np.prod(x_shape[1:])), 3), scale=0.5)
+    return g, gc.mse(flat @ W, y, name="loss")
+
+
+def bn_params(mod, seed=0):
+    rng = np.random.default_rng(seed)
+    params = mod.init_params(seed)
+    params["w"] += 0.3 * rng.standard_normal(params["w"].shape)
+    params["b"] += 0.3 * rng.standard_normal(params["b"].shape)
+    params["rm"][...] = 0.5 * rng.standard_normal(params["rm"].shape)
+    params["rv"][...] = 0.5 + rng.random(params["rv"].shape)
+    return params
+
+
+def bn_data(x_shape, seed=1):
+    rng = np.random.default_rng(seed)
+    return 2.0 * rng.standard_normal(x_shape) + 1.0, rng.standard_normal((x_shape[0], 3))
+
+
+def torch_bn_loss(params, x, y, training, momentum=0.1, eps=1e-5):
+    t = {k: torch.tensor(v, requires_grad=k in ("w", "b", "W")) for k, v in params.items()}
+    rm, rv = t["rm"].clone(), t["rv"].clone()
+    h = F.batch_norm(torch.tensor(x), rm, rv, t["w"], t["b"], training=training, momentum=momentum, eps=eps)
+    value = F.mse_loss(h.flatten(1) @ t["W"], torch.tensor(y))
+    value.backward()
+    return value.item(), {k: t[k].grad.numpy() for k in ("w", "b", "W")}, (rm.numpy(), rv.numpy()), h.detach().numpy()
+
+
+BN_SHAPES = [(6, 4), (5, 3, 4), (4, 2, 3, 3)]  # BatchNorm1d on (N, C) and (N, C, L); BatchNorm2d
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_matches_torch(shape, train):
+    g, loss = bn_graph(shape)
+    mod = gc.compile(g, loss, dims={"N": shape[0]}, outputs=["bn", "loss"]).load()
+    params = bn_params(mod)
+    x, y = bn_data(shape)
+    value, grads = mod.value_and_grad(params, x, y, train=train)
+    ref_value, ref_grads, _, ref_h = torch_bn_loss(params, x, y, train)
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    assert mod.loss(params, x, y, train=train) == value
+    for k in ("w", "b", "W"):
+        np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    if not train:  # predict runs in evaluation mode
+        h, _ = mod.predict(params, x, y)
+        np.testing.assert_allclose(h, ref_h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_gradients_against_finite_differences(shape, train):
+    g, loss = bn_graph(shape)
+    mod = gc.compile(g, loss, dims={"N": shape[0]}).load()
+    params = bn_params(mod)
+    before = {k: params[k].copy() for k in ("rm", "rv")}
+    check_gradients(mod, params, bn_data(shape), train=train)
+    for k, v in before.items():  # value_and_grad and loss are pure: the running statistics stay
+        np.testing.assert_array_equal(params[k], v)
+
+
+def torch_reference_run(params, x, y, optimizer, steps, momentum):
+    """A torch loop from torch.optim's semantics: F.batch_norm in training mode updates rm and rv in place."""
+    t = {k: torch.tensor(v.copy(), requires_grad=k in ("w", "b", "W")) for k, v in params.items()}
+    trained = [t["w"], t["b"], t["W"]]
+    opt = torch.optim.Adam(trained, lr=0.01) if optimizer == "adam" else \
+        torch.optim.SGD(trained, lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        h = F.batch_norm(torch.tensor(x), t["rm"], t["rv"], t["w"], t["b"], training=True, momentum=momentum)
+        value = F.mse_loss(h.flatten(1) @ t["W"], torch.tensor(y))
+        value.backward()
+        opt.step()
+        losses.append(value.item())
+    return losses, {k: v.detach().numpy() for k, v in t.items()}
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 2, 3, 3)])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_batch_norm_trainer_steps_match_a_torch_loop(shape, optimizer):
+    momentum = 0.3
+    g, loss = bn_graph(shape, momentum=momentum)
+    settings = {"lr": 0.01} if optimizer == "adam" else {"lr": 0.05, "momentum": 0.9}
+    mod = gc.compile(g, loss, optimizer=optimizer, dims={"N": shape[0]}, **settings).load()
+    params = bn_params(mod)
+    x, y = bn_data(shape)
+    ref_losses, ref = torch_reference_run(params, x, y, optimizer, 4, momentum)
+    trainer = mod.Trainer(params)
+    losses = [trainer.step(x, y) for _ in range(4)]
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
+    for k in mod.PARAMS:  # the running statistics too: momentum weighting, unbiased variance
+        np.testing.assert_allclose(params[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    # evaluation mode then uses the updated running statistics
+    ref_value, *_ = torch_bn_loss(params, x, y, training=False)
+    assert mod.loss(params, x, y) == pytest.approx(ref_value, rel=1e-12)
+
+
+def test_batch_norm_with_a_frozen_weight_and_the_allocation_free_step():
+    from test_memory import assert_trainer_matches_value_and_grad
+
+    g, loss = bn_graph((5, 3, 4), frozen_weight=True)
+    mod = gc.compile(g, loss, dims={"N": 5}).load()
+    assert mod.TRAINABLE == ("b", "W") and mod.RUNNING == {"bn": "batch_norm"}
+    assert_trainer_matches_value_and_grad(mod, bn_params(mod), bn_data((5, 3, 4)), steps=3)
+
+
+def test_batch_norm_errors():
+    g = gc.Graph("m")
+    x = g.input("x", ("N", 3, 4))
+    w, b = g.param("w", (3,)), g.param("b", (3,))
+    rm, rv = g.param("rm", (3,), trainable=False), g.param("rv", (3,), trainable=False)
+    trained = g.param("trained", (3,))
+    h = gc.batch_norm(x, w, b, trained, rv, name="bn_bad")
+    with pytest.raises(gc.GraphError) as err:
+        gc.compile(g, gc.sum(h))
+    assert "bn_bad" in str(err.value) and "running_mean 'trained'" in str(err.value)
+    assert "trainable = false" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(gc.ShapeError, match=r"running_var \(4,\) must have shape \(3,\)"):
+        gc.batch_norm(x, w, b, rm, g.param("rv4", (4,), trainable=False), name="bn2")
+    with pytest.raises(gc.ShapeError, match="2-D, 3-D or 4-D"):
+        gc.batch_norm(g.input("x5", (2, 3, 1, 1, 1)), w, b, rm, rv)
+    with pytest.raises(gc.GraphError, match=r"momentum=1.5 must be a number in \[0, 1\]"):
+        gc.batch_norm(x, w, b, rm, rv, momentum=1.5, name="bn3")
+    g = gc.Graph("ok")
+    x = g.input("x", ("N", 3, 1))
+    stats = [g.param(k, (3,), trainable=False) for k in ("rm", "rv")]
+    h = gc.batch_norm(x, g.param("w", (3,)), g.param("b", (3,)), *stats, name="bn_ok")
+    ok = gc.compile(g, gc.sum(h), dims={"N": 1}).load()
+    params = ok.init_params(0)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ok.value_and_grad(params, np.ones((1, 3, 1)))
+
+
+def test_batch_norm_refuses_cupy_and_dask(tmp_path):
+    g, loss = bn_graph((4, 3))
+    with pytest.raises(gc.GraphError, match="batch_norm has no cupy template yet"):
+        gc.compile(g, loss, dims={"N": 4}, backend="cupy")
+    from graphc.dask import _check_module
+
+    mod = gc.compile(g, loss, dims={"N": 4}).load()
+    with pytest.raises(ValueError, match="batch_norm 'bn' updates its running statistics in training") as err:
+        _check_module(mod, "the module")
+    assert "\n" not in str(err.value)
+
+
+def test_batch_norm_and_dropout_in_a_spec(tmp_path):
+    spec = tmp_path / "cnn.toml"
+    spec.write_text("""
+[inputs]
+x = ["N", 2, 4, 4]
+y = { shape = ["N"], dtype = "int64" }
+[params]
+k = { shape = [3, 2, 3, 3], scale = 0.3 }
+w = { shape = [3], init = "ones" }
+b = { shape = [3], init = "zeros" }
+rm = { shape = [3], init = "zeros", trainable = false }
+rv = { shape = [3], init = "ones", trainable = false }
+W = { shape = [12, 5], scale = 0.3 }
+[nodes]
+h = "dropout(flatten(max_pool2d(relu(batch_norm(conv2d(x, k, padding=1), w, b, rm, rv, momentum=0.2)), 2)), p=0.25)"
+loss = "cross_entropy(h @ W, y)"
+[train]
+loss = "loss"
+optimizer = "adam"
+[dims]
+N = 4
+""")
+    s = gc.load_spec(spec)
+    mod = gc.compile(s.graph, loss=s.loss, dims={"N": 4}).load()
+    assert mod.MODES_DIFFER and mod.TRAINABLE == ("k", "w", "b", "W")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 2, 4, 4)), rng.integers(0, 5, 4)
+    check_gradients(mod, mod.init_params(1), (x, y))
