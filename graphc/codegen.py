@@ -98,6 +98,14 @@ class Renderer:
             return describe(self.graphs[key], v).split(" = ", 1)[1]
         return str(macro(*args, **attrs))
 
+    def pure_body(self, fn, train: str, rng: str) -> list[dict]:
+        """A pure function's statements in mode ``train`` (True, False or the name of its variable); with a
+        backward pass, a random kept value (Op.draws) is its forward statement's, not computed again."""
+        G, A = self.graphs["forward"], self.graphs["backward"]
+        self.mode = {"train": train, "rng": rng}
+        self.keep = drawn(G, A) if any(s.graph == "backward" for s in fn.body) else {}
+        return [self.statement(s) for s in fn.body if not (s.graph == "backward" and s.node in self.keep.values())]
+
     def statement(self, s, out: str | None = None, scratch: str | None = None, computed_with=None) -> dict:
         """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
         graph = self.graphs[s.graph]
@@ -143,11 +151,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     r = Renderer(G, A, names[array_module], backend)  # the array module of the generated functions
 
     def function(fn, train="False", extra=()):
-        """A pure function's statements in mode ``train`` (True, False or the name of its variable); with a
-        backward pass, a random kept value (Op.draws) is its forward statement's, not computed again."""
-        r.mode = {"train": train, "rng": names["rng"]}
-        r.keep = drawn(G, A) if any(s.graph == "backward" for s in fn.body) else {}
-        body = [r.statement(s) for s in fn.body if not (s.graph == "backward" and s.node in r.keep.values())]
+        body = r.pure_body(fn, train, names["rng"])
         return {"inputs": fn.inputs, "params": fn.params, "body": body, "dims": used_dims(dims, body, extra)}
 
     def leaf(v):

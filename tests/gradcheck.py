@@ -26,7 +26,8 @@ def finite_differences(loss, params: dict, inputs: tuple, eps: float = 1e-6, nam
     return grads
 
 
-def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7, train: bool = True) -> dict:
+def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7,
+                    train: bool = True) -> dict:
     """Assert the generated value_and_grad matches central differences of the generated loss, both in training
     mode (``train=False``: evaluation mode); return grads.
 

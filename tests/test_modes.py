@@ -140,7 +140,8 @@ def test_modes_differ_only_with_modes_ops():
 
 def torch_dropout_loss(params, x, y, mask, p):
     W, V = (torch.tensor(params[k], requires_grad=True) for k in ("W", "V"))
-    h = torch.tanh(torch.tensor(x) @ W) * (torch.tensor(mask, dtype=torch.float64) / (1 - p))  # F.dropout's: x * mask / (1 - p)
+    scaled = torch.tensor(mask, dtype=torch.float64) / (1 - p)  # F.dropout's: x * mask / (1 - p)
+    h = torch.tanh(torch.tensor(x) @ W) * scaled
     value = F.mse_loss(h @ V, torch.tensor(y))
     value.backward()
     return value.item(), {"W": W.grad.numpy(), "V": V.grad.numpy()}

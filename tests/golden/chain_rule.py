@@ -19,7 +19,7 @@ import numpy as np
 INPUTS = ()
 PARAMS = ("x", "y", "z")
 DTYPE = np.float64
-MODES_DIFFER = False  # whether an op acts differently in training (value_and_grad, Trainer.step) and evaluation (predict, loss)
+MODES_DIFFER = False  # an op acts differently in training and evaluation mode (dropout, batch_norm)
 DIMS = {}  # named dimensions: their default sizes
 TRAINABLE = (
     "x",
