@@ -66,7 +66,9 @@ class Lines:
         self.G, self.A = module.graph, module.adjoint
         self.loss = self.A.graph["loss"]
         self.graphs = {"forward": self.G, "backward": self.A}
-        self.render = Renderer(self.G, self.A, compiler_names(set(self.G) | set(self.A))["np"])
+        names = compiler_names(set(self.G) | set(self.A))
+        self.render = Renderer(self.G, self.A, names["np"])
+        self.render.mode = {"train": "True", "rng": names["rng"]}  # a training step's equations (Op.modes)
         self.order = {v: i for i, v in enumerate(topo_order(self.G))}
         self.upstream = nx.ancestors(self.G, self.loss) | {self.loss}
 

@@ -438,3 +438,15 @@ N = 4
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 2, 4, 4)), rng.integers(0, 5, 4)
     check_gradients(mod, mod.init_params(1), (x, y))
+
+
+def test_show_backward_is_the_training_step(tmp_path, capsys):
+    spec = tmp_path / "bn.toml"
+    spec.write_text('[inputs]\nx = ["N", 3]\n[params]\nw = { shape = [3], init = "ones" }\n'
+                    'b = { shape = [3], init = "zeros" }\nrm = { shape = [3], init = "zeros", trainable = false }\n'
+                    'rv = { shape = [3], init = "ones", trainable = false }\n[nodes]\n'
+                    'h = "dropout(batch_norm(x, w, b, rm, rv), p=0.1)"\nloss = "sum(h * h)"\n[train]\nloss = "loss"\n[dims]\nN = 4\n')
+    assert main(["show", "--backward", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "h_batch_norm[N,3] = _batch_norm(x, w, b, rm, rv, 1e-05, True)" in out
+    assert "dropout(h_batch_norm, p=0.1)" in out
