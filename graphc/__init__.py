@@ -7,6 +7,7 @@ from .graph import (
     conv2d, conv_transpose2d, cross_entropy, div, erf, exp, flatten, from_networkx, gelu, layer_norm, leaky_relu,
     log, log_softmax, matmul, max, max_pool2d, mean, min, mse, mul, neg, pow, relu, reshape, rms_norm, sigmoid,
     silu, slice, softmax, softplus, sqrt, sub, sum, tanh, transpose, attention, embedding, where,
+    batch_norm, dropout,
 )
 from .compiler import CompiledModule, compile
 from .spec import load_spec
@@ -30,4 +31,5 @@ __all__ = [
     "adaptive_avg_pool2d", "avg_pool2d", "clip", "concat", "conv1d", "conv2d", "conv_transpose2d", "erf", "flatten",
     "gelu", "layer_norm", "max", "max_pool2d", "min", "pow", "reshape", "rms_norm", "silu", "slice", "softplus",
     "sqrt", "attention", "embedding", "where",
+    "batch_norm", "dropout",
 ]

@@ -16,7 +16,7 @@ from collections import defaultdict
 import networkx as nx
 
 from .errors import GraphError
-from .graph import Namer, add_node, operands, topo_order
+from .graph import Namer, add_node, operands, topo_order, trainable
 from .ops import OPS, broadcast_shape
 
 
@@ -154,17 +154,18 @@ class AdjointBuilder:
 
 
 def needs_gradient(G: nx.DiGraph, loss) -> set:
-    """Nodes on a path from a param to the loss: the only ones that get an adjoint."""
+    """Nodes on a path from a trainable param to the loss: the only ones that get an adjoint."""
     upstream = nx.ancestors(G, loss) | {loss}
     reached = set()
     for v in topo_order(G):
-        if v in upstream and (G.nodes[v]["op"] == "param" or any(u in reached for u in G.predecessors(v))):
+        if v in upstream and (trainable(G, v) or any(u in reached for u in G.predecessors(v))):
             reached.add(v)
     return reached
 
 
 def adjoint(G: nx.DiGraph, loss, reserved=()) -> nx.DiGraph:
-    """The adjoint graph of scalar node ``loss``: one gradient per param, nothing for inputs or constants."""
+    """The adjoint graph of scalar node ``loss``: one gradient per trainable param, nothing for inputs, constants
+    or the other params."""
     check_loss(G, loss)
     needed = needs_gradient(G, loss)
     order = [v for v in topo_order(G) if v in needed]
@@ -252,6 +253,6 @@ def check_loss(G: nx.DiGraph, loss) -> None:
     if G.nodes[loss]["shape"] != ():
         raise GraphError(f"the loss must be a scalar, but {loss!r} has shape {G.nodes[loss]['shape']}", node=loss)
     upstream = nx.ancestors(G, loss)
-    for p in (n for n, op in G.nodes(data="op") if op == "param"):
+    for p in (n for n in G if trainable(G, n)):  # a frozen param may well not matter
         if p not in upstream and p != loss:
             raise GraphError(f"param {p!r} does not affect the loss {loss!r}", node=p)

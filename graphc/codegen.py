@@ -12,13 +12,14 @@ import jinja2
 
 from . import fusion, optim
 from .backends import BACKENDS
-from .graph import BOOL_DTYPES, DTYPES, describe, dim_names, operands, topo_order
+from .graph import BOOL_DTYPES, DTYPES, describe, dim_names, operands, topo_order, trainable, trainable_params
 from .ops import OPS, fmt as shape_text
-from .schedule import Schedule, trainable
+from .schedule import Schedule, kept_values
 
 # The names the generated functions use for their own purposes (NumPy's, every backend's array module, ...). If a
 # user name takes one, ours is renamed.
-COMPILER_NAMES = tuple(dict.fromkeys(["np", *(b.array_module for b in BACKENDS.values()), "params", "self", "dims"]))
+COMPILER_NAMES = tuple(dict.fromkeys(["np", *(b.array_module for b in BACKENDS.values()), "params", "self", "dims",
+                                      "train", "rng"]))
 
 
 def template_dir() -> Path:
@@ -64,6 +65,8 @@ class Renderer:
     def __init__(self, G, A, np_name: str, backend: str = "numpy"):
         self.graphs = {"forward": G, "backward": A}
         self.ops = environment().get_template("ops.j2").make_module({"np": np_name, "backend": backend})
+        self.mode = {"train": "False", "rng": None}  # the function being written: its mode (Op.modes)
+        self.keep = {}  # forward node -> the variable its forward writes its random kept value to (Op.draws)
         self.text = {}  # (graph, node) -> how an operand is written: a variable, a literal or an inline view
         for key, graph in self.graphs.items():
             for v in topo_order(graph) if graph is not None else ():
@@ -83,6 +86,8 @@ class Renderer:
         rule = OPS[data["op"]].template_attrs  # what the op's macros take besides its attrs
         attrs = dict(data["attrs"]) if rule is None else \
             rule([graph.nodes[a]["shape"] for a in args], data["attrs"], data["dtype"], into)
+        if OPS[data["op"]].modes:
+            attrs.update(self.mode, keep=self.keep.get(v) if key == "forward" else None)
         return [self.text[key, a] for a in args], attrs
 
     def expr(self, key: str, v) -> str:
@@ -92,6 +97,14 @@ class Renderer:
         if macro is None:  # its pure form is several statements (a _block macro): the equation says what it is
             return describe(self.graphs[key], v).split(" = ", 1)[1]
         return str(macro(*args, **attrs))
+
+    def pure_body(self, fn, train: str, rng: str) -> list[dict]:
+        """A pure function's statements in mode ``train`` (True, False or the name of its variable); with a
+        backward pass, a random kept value (Op.draws) is its forward statement's, not computed again."""
+        G, A = self.graphs["forward"], self.graphs["backward"]
+        self.mode = {"train": train, "rng": rng}
+        self.keep = drawn(G, A) if any(s.graph == "backward" for s in fn.body) else {}
+        return [self.statement(s) for s in fn.body if not (s.graph == "backward" and s.node in self.keep.values())]
 
     def statement(self, s, out: str | None = None, scratch: str | None = None, computed_with=None) -> dict:
         """A statement computing ``s.node``: fresh arrays, or into workspace buffer ``out`` when one is given."""
@@ -137,8 +150,8 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     array_module = BACKENDS[backend].array_module
     r = Renderer(G, A, names[array_module], backend)  # the array module of the generated functions
 
-    def function(fn, extra=()):
-        body = [r.statement(s) for s in fn.body]
+    def function(fn, train="False", extra=()):
+        body = r.pure_body(fn, train, names["rng"])
         return {"inputs": fn.inputs, "params": fn.params, "body": body, "dims": used_dims(dims, body, extra)}
 
     def leaf(v):
@@ -150,15 +163,15 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     for p in (v for v in G if G.nodes[v]["op"] == "param"):
         data = G.nodes[p]
         params.append({**leaf(p), "init": render_init(data, names["np"], dtype), "random": data["init"] == "randn",
-                       "stored": data["init"] == "file"})
+                       "stored": data["init"] == "file", "trainable": trainable(G, p)})
     inputs = [{**leaf(v), "classes": classes_of(G, v), "boolean": G.nodes[v]["dtype"] in BOOL_DTYPES}
               for v in G if G.nodes[v]["op"] == "input"]
     context = dict(
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
-        trainable=trainable(G), row_offsets=False,
-        bools=[x["name"] for x in inputs if x["boolean"]],
+        trainable=trainable_params(G), row_offsets=False,
+        bools=[x["name"] for x in inputs if x["boolean"]], modes=modes(G),
     )
     if train is not None:
         ws = sched.workspace
@@ -173,12 +186,12 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
             hyperparams={k: repr(v) for k, v in train.hyperparams.items()},
             loss=sched.loss,
             grads={p: r.text["backward", g] for p, g in A.graph["grads"].items()},
-            loss_fn=function(sched.loss_fn),
-            value_and_grad=function(sched.train),
+            loss_fn=function(sched.loss_fn, names["train"]),
+            value_and_grad=function(sched.train, names["train"]),
             trainer={
                 "buffers": buffers,
                 "dims": workspace_dims,
-                "body": trainer_body(sched, r, kernels),
+                "body": trainer_body(sched, r, kernels, f'{names["self"]}.rng'),
                 "copies": gradient_copies(sched, r),
             },
         )
@@ -207,6 +220,19 @@ def gradient_copies(sched, r: "Renderer") -> dict:
     return copies
 
 
+def modes(G) -> dict:
+    """What the module says about modes: whether any op's two modes differ (MODES_DIFFER), whether one draws random
+    numbers (its functions take a Generator), and the nodes whose running statistics Trainer.step updates."""
+    ops = [OPS[op] for _, op in G.nodes(data="op") if op in OPS]
+    return {"differ": any(o.modes for o in ops), "draws": any(o.draws for o in ops),
+            "running": {v: op for v, op in G.nodes(data="op") if op in OPS and OPS[op].running}}
+
+
+def drawn(G, A) -> dict:
+    """Forward node -> its random kept value (Op.draws: dropout's mask), which the forward statement writes."""
+    return {v: e for v, e in kept_values(G, A).items() if OPS[G.nodes[v]["op"]].draws}
+
+
 def helpers(r: "Renderer", G, A) -> list[str]:
     """The module's functions that the ops' macros call (Op.helpers), each once, in name order."""
     names = {h for graph in (G, A) if graph is not None for _, op in graph.nodes(data="op") if op in OPS
@@ -229,8 +255,10 @@ def fused(sched):
     return fusion.kernels(sched, kernel_macros())
 
 
-def trainer_body(sched, r: "Renderer", kernels: dict) -> list[dict]:
-    """Trainer.step's statements into the workspace; each fused chain (``kernels``) is one kernel call."""
+def trainer_body(sched, r: "Renderer", kernels: dict, rng: str) -> list[dict]:
+    """Trainer.step's statements into the workspace, in training mode (drawing from ``rng``, the Trainer's
+    Generator); each fused chain (``kernels``) is one kernel call."""
+    r.mode, r.keep = {"train": "True", "rng": rng}, {}
     ws = sched.workspace
     body, skip = [], 0
     for i, p in enumerate(ws.body):

@@ -15,7 +15,9 @@ from .backends import BACKENDS
 from .codegen import format_source, render
 from .errors import GraphcError, GraphError
 from .files import check_spec_suffix, holds, load_module, npz_bytes, same_file, write_atomic, write_together
-from .graph import DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx
+from .graph import (
+    DTYPES, Graph, Tensor, check_dims, check_dtype, check_fits, from_networkx, operands, trainable, trainable_params,
+)
 from .ops import OPS
 from .passes import optimize
 from .schedule import Schedule, schedule
@@ -104,7 +106,10 @@ def compile(g, loss=None, outputs=None, lr=None, iterations=DEFAULT_ITERATIONS, 
     outputs = check_outputs(G, g, loss, outputs)
     if loss is not None and not any(op == "param" for _, op in G.nodes(data="op")):
         raise GraphError("the graph has no params: there is nothing to train")
+    if loss is not None and not trainable_params(G):
+        raise GraphError("every param is trainable = false: there is nothing to train")
     G.graph["dims"] = check_dims(G, dims)
+    check_running_stats(G)
     init_values = check_init_values(G, init_values)
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise GraphError(f"unknown backend {backend!r} (graphc has {', '.join(map(repr, BACKENDS))})")
@@ -140,6 +145,17 @@ def check_backend(G: nx.DiGraph, A: nx.DiGraph | None, backend: str) -> None:
                 node = graph.nodes[v].get("via", v)  # a gradient's: the forward node whose rule built it
                 raise GraphError(f"{G.nodes[node]['op']} has no {backend} template yet: compile this graph for the "
                                  "numpy backend", node=node)
+
+
+def check_running_stats(G: nx.DiGraph) -> None:
+    """An op that updates running statistics (Op.running: batch_norm's running_mean and running_var, its last two
+    operands) needs them to be params with trainable = false: one line naming the node if not."""
+    for v, op in G.nodes(data="op"):
+        if op in OPS and OPS[op].running:
+            for what, u in zip(("running_mean", "running_var"), operands(G, v)[-2:]):
+                if G.nodes[u]["op"] != "param" or trainable(G, u):
+                    raise GraphError(f"{op}'s {what} {u!r} must be a param with trainable = false (Trainer.step "
+                                     "updates it in place, the optimizer must not)", node=v)
 
 
 def check_outputs(G: nx.DiGraph, g, loss, outputs) -> list[str]:

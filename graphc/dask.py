@@ -112,6 +112,11 @@ def _check_module(mod, where: str):
     if missing:
         raise ValueError(f"{where} has no {', '.join(missing)}: it was generated without training support or by "
                          "an older graphc; compile it again with this one")
+    running = getattr(mod, "RUNNING", {})
+    if running:
+        node, op = next(iter(running.items()))
+        raise ValueError(f"{where}: {op} {node!r} updates its running statistics in training, which the workers' "
+                         "shards cannot share: data-parallel training refuses it (train on one process)")
     if mod.BATCH_DIM is None:
         raise ValueError(f"{where} has no batch dimension (BATCH_DIM is None): data-parallel training splits the "
                          "batch along a named dimension, e.g. X = [\"N\", 64]")
@@ -174,7 +179,8 @@ class DataParallelTrainer:
         self.timeout = timeout
         self._lost = ""  # why the shards were dropped, for the next step's message
         self._shards: list[list] = []  # per shard, one future per input of value_and_grad
-        self._inputs = [p for p in inspect.signature(mod.value_and_grad).parameters][1:]
+        self._inputs = [name for name, p in inspect.signature(mod.value_and_grad).parameters.items()
+                        if p.kind == p.POSITIONAL_OR_KEYWORD][1:]  # not the keyword-only mode arguments
         # Ship the module: every worker (and any that joins later) imports it under the same name.
         try:
             client.upload_file(str(path))
@@ -354,7 +360,7 @@ class DataParallelTrainer:
         loss, grads = 0.0, {}
         for (shard_loss, shard_grads), w in zip(results, weights):
             loss += shard_loss if w is None else w * shard_loss
-            for name in self.module.PARAMS:
+            for name in self.module.TRAINABLE:
                 g = shard_grads[name]
                 if name not in grads:
                     grads[name] = acc = np.array(g, copy=True)  # fresh and writable (also for a 0-d gradient)

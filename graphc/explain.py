@@ -11,6 +11,7 @@ each view maps the output formats it supports to a function ``CompiledModule -> 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -26,9 +27,9 @@ from . import optim
 from .codegen import Renderer, classes_of, compiler_name, compiler_names
 from .errors import CommandError, GraphcError
 from .files import write_atomic
-from .graph import BOOL_DTYPES, INT_DTYPES, concrete, describe, operands, topo_order
+from .graph import BOOL_DTYPES, INT_DTYPES, concrete, describe, operands, topo_order, trainable_params
 from .ops import OPS
-from .schedule import is_statement, trainable, value_of
+from .schedule import is_statement, value_of
 
 
 INSTALL_DOT = ("Graphviz's dot is not installed (Debian/Ubuntu: apt-get install graphviz; "
@@ -65,7 +66,9 @@ class Lines:
         self.G, self.A = module.graph, module.adjoint  # no adjoint graph without a loss: the forward lines only
         self.loss = self.A.graph["loss"] if self.A is not None else None
         self.graphs = {"forward": self.G, "backward": self.A}
-        self.render = Renderer(self.G, self.A, compiler_names(set(self.G) | set(self.A or ()))["np"])
+        names = compiler_names(set(self.G) | set(self.A or ()))
+        self.render = Renderer(self.G, self.A, names["np"])
+        self.render.mode = {"train": "True", "rng": names["rng"]}  # a training step's equations (Op.modes)
         self.order = {v: i for i, v in enumerate(topo_order(self.G))}
         self.upstream = nx.ancestors(self.G, self.loss) | {self.loss} if self.loss is not None else set()
 
@@ -162,7 +165,8 @@ def forward_text(module) -> str:
 def init_text(data) -> str:
     init = data["init"]
     text = init if isinstance(init, str) else f"fill {init!r}"
-    return f"{text} * {data['scale']!r}" if data.get("scale") is not None else text
+    text = f"{text} * {data['scale']!r}" if data.get("scale") is not None else text
+    return text if data.get("trainable", True) else f"{text}, frozen (trainable = false)"
 
 
 def backward_text(module) -> str:
@@ -261,7 +265,7 @@ def memory_text(module) -> str:
     sizes = ", ".join(f"{d}={n}" for d, n in module.graph.graph.get("dims", {}).items())
     opt = optim.OPTIMIZERS[module.training.optimizer]
     G = module.graph
-    flat = sum(math.prod(G.nodes[p]["shape"]) * np.dtype(G.nodes[p]["dtype"]).itemsize for p in trainable(G))
+    flat = sum(math.prod(G.nodes[p]["shape"]) * np.dtype(G.nodes[p]["dtype"]).itemsize for p in trainable_params(G))
     state, scratch = len(opt.state) * flat, opt.scratch * flat
     return "\n".join([
         f"# {module.name}: Trainer.step's workspace{f' at {sizes}' if sizes else ''}, allocated by the first step "
@@ -342,7 +346,7 @@ def dot(module, backward: bool) -> str:
            '    label="forward"; color="#93c5fd"; fontcolor="#1d4ed8";']
     for v in leaves:
         data = G.nodes[v]
-        label = f"{v} {fmt_shape(data['shape'])}\n{data['op']}"
+        label = f"{v} {fmt_shape(data['shape'])}\n{data['op']}{'' if data.get('trainable', True) else ' (frozen)'}"
         out.append(f"    {quote(v)} [label={quote(label)}, {STYLE[data['op']]}];")
     for ln in forward_lines:
         kind = "loss" if ln.name == ls.loss else "forward"
@@ -524,17 +528,21 @@ def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS, r
         problems.append("value_and_grad changed the params it was given")
         for k in params:
             params[k][...] = before[k]
-    f0 = mod.loss(params, **inputs)
+    # value_and_grad runs in training mode: so does the loss it is compared with (dropout draws the same masks from
+    # its default generator at every call)
+    loss = functools.partial(mod.loss, train=True) if getattr(mod, "MODES_DIFFER", False) else mod.loss
+    trained = getattr(mod, "TRAINABLE", mod.PARAMS)
+    f0 = loss(params, **inputs)
     if not math.isfinite(f0):
         return CheckReport(f0, [ParamCheck(p, params[p].shape, problem="the loss is not finite")
-                                for p in mod.PARAMS], [f"the loss is {f0} at these params"], eps, rtol, exhaustive)
+                                for p in trained], [f"the loss is {f0} at these params"], eps, rtol, exhaustive)
     if not math.isclose(value, f0, rel_tol=1e-12, abs_tol=1e-300):
         problems.append(f"value_and_grad returns the loss {value!r} but loss() returns {f0!r}")
-    extra = sorted(set(grads) - set(mod.PARAMS))
+    extra = sorted(set(grads) - set(trained))
     if extra:
         problems.append(f"value_and_grad returns gradients for unknown names: {', '.join(extra)}")
     rng = None if exhaustive else np.random.default_rng(seed)
-    rows = [compare(mod.loss, params, inputs, p, grads.get(p), f0, eps, rtol, rng) for p in mod.PARAMS]
+    rows = [compare(loss, params, inputs, p, grads.get(p), f0, eps, rtol, rng) for p in trained]
     return CheckReport(f0, rows, problems, eps, rtol, exhaustive)
 
 

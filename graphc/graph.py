@@ -141,6 +141,18 @@ def check_number(value, what: str, node: str | None = None) -> float:
     return value
 
 
+def trainable(G: nx.DiGraph, v) -> bool:
+    """Whether node ``v`` is a param that training changes: the one place that says so (a param with
+    ``trainable=False`` gets no gradient and no optimizer state; the others do)."""
+    data = G.nodes[v]
+    return data["op"] == "param" and data.get("trainable", True)
+
+
+def trainable_params(G: nx.DiGraph) -> list:
+    """The trainable params, in declaration order."""
+    return [v for v in G if trainable(G, v)]
+
+
 def check_fits(data: dict, node) -> None:
     """A param's init (times its scale) and a constant must be finite in the node's dtype (float32 ends at 3.4e38)."""
     top = float(np.finfo(data["dtype"]).max)
@@ -332,8 +344,11 @@ class Graph:
         self.nx.add_node(name, op="input", shape=shape, dtype=dtype, attrs={})
         return Tensor(self, name)
 
-    def param(self, name: str, shape, init="randn", scale=None, dtype: str | None = None) -> Tensor:
-        """A trained parameter. ``init`` is "zeros", "ones", "randn" or a number; ``scale`` multiplies it."""
+    def param(self, name: str, shape, init="randn", scale=None, dtype: str | None = None,
+              trainable: bool = True) -> Tensor:
+        """A parameter. ``init`` is "zeros", "ones", "randn" or a number; ``scale`` multiplies it. A param with
+        ``trainable=False`` gets no gradient and no optimizer update (batch_norm's running statistics, a frozen
+        layer)."""
         name = self._new_name(name, "param")
         shape = check_shape(shape, name)
         if isinstance(init, str):
@@ -344,6 +359,10 @@ class Graph:
         data = dict(op="param", shape=shape, dtype=check_dtype(dtype or self.dtype, name), init=init, attrs={})
         if scale is not None:
             data["scale"] = check_number(scale, "scale", name)
+        if not isinstance(trainable, bool):
+            raise GraphError(f"trainable must be True or False, got {trainable!r}", node=name)
+        if not trainable:
+            data["trainable"] = False
         check_fits(data, name)
         self.nx.add_node(name, **data)
         return Tensor(self, name)
@@ -521,7 +540,7 @@ def from_networkx(G: nx.DiGraph, name: str | None = None, dtype: str | None = No
             g.input(v, data.get("shape"), dtype=data.get("dtype"))
         elif op == "param":
             g.param(v, data.get("shape"), init=data.get("init", "randn"), scale=data.get("scale"),
-                    dtype=data.get("dtype"))
+                    dtype=data.get("dtype"), trainable=data.get("trainable", True))
         elif op == "const":
             g.const((data.get("attrs") or {}).get("value"), name=v)
         else:
@@ -676,3 +695,15 @@ def where(cond, a, b, name=None) -> Tensor:
 def attention(q, k, v, causal=False, scale=None, name=None) -> Tensor:
     """= torch.nn.functional.scaled_dot_product_attention on (..., T, d), without mask or dropout."""
     return apply("attention", q, k, v, name=name, causal=causal, scale=scale)
+
+
+def dropout(x, p=0.5, name=None) -> Tensor:
+    """= torch.nn.functional.dropout: in training mode (value_and_grad, Trainer.step) each element is zeroed with
+    probability ``p`` and the rest scaled by 1 / (1 - p); in evaluation mode (predict, loss) the identity."""
+    return apply("dropout", x, name=name, p=p)
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, name=None) -> Tensor:
+    """= torch.nn.BatchNorm1d/2d over axis 1 of a 2-D, 3-D or 4-D ``x``: batch statistics in training mode (and
+    Trainer.step updates ``running_mean``/``running_var``, trainable=False params), running ones in evaluation."""
+    return apply("batch_norm", x, weight, bias, running_mean, running_var, name=name, momentum=momentum, eps=eps)

@@ -55,6 +55,11 @@ class Op:
     positional: tuple = ()  # attrs a call may also give by position, after the operands: max_pool2d(x, 2)
     dtype: str | None = None  # the result's dtype when it is not the operands' (an argmax: "int64")
     backends: tuple = ("numpy", "cupy")  # the array backends it has templates for
+    # Training and evaluation modes (DESIGN section 14): its macros take ``train`` (True, False, or the variable of
+    # loss/value_and_grad) and ``rng`` (the numpy.random.Generator it draws from); ``keep``: see ``draws``
+    modes: bool = False  # its two modes differ (the module's MODES_DIFFER)
+    draws: bool = False  # its kept value (``keeps``) is random: every function's forward writes it, none recomputes it
+    running: bool = False  # Trainer.step updates running statistics (trainable = false params) in place
 
     @property
     def macro(self) -> str:
@@ -1371,4 +1376,71 @@ internal("avg_pool2d_grad", 1, lambda shapes, attrs: (shapes[0][0], *attrs["x"])
          attrs={**GEOMETRY, "x": tuple, "count_include_pad": bool}, template_attrs=plus(pooled_grad_attrs),
          backends=NUMPY_ONLY, scratches=lambda shapes, attrs: [(shapes[0], None)] + padded_scratch(
              internal_window(attrs, attrs["x"]), shapes[0][0]))  # dy over each window's count, padded dx
+
+
+
+# ---- modes (DESIGN section 14): dropout and batch_norm ---------------------------------------------------------
+# Their macros take ``train`` and ``rng`` (Op.modes): predict and loss run in evaluation mode, value_and_grad and
+# Trainer.step in training mode (loss(train=True) and value_and_grad(train=False) the other).
+def dropout_shape(shapes, attrs):
+    if len(shapes[0]) == 0:
+        raise ShapeError("dropout needs an operand of at least one dimension, got a scalar")
+    return shapes[0]
+
+
+def dropout_vjp(b, v, xs, g):
+    """g times the forward's mask (1 / (1 - p) where kept, else 0); in evaluation mode the mask is 1.0."""
+    mask = b.node("dropout_mask", b.fwd(xs[0]), p=b.attrs(v)["p"], of=v, hint=f"{v}_mask")  # the forward drew it
+    return [b.mul(g, mask)]
+
+
+def dropout_attrs(shapes, attrs):
+    return {"scale": 1.0 / (1.0 - attrs["p"])}
+
+
+PROBABILITY = Check(lambda v: NUMBER.test(v) and 0 <= v < 1, "a number in [0, 1)", float)
+op("dropout", 1, dropout_shape, dropout_vjp, attrs={"p": PROBABILITY}, defaults={"p": 0.5}, positional=("p",),
+   scratches=lambda shapes, attrs: [(shapes[0], None)], keeps="dropout_mask", template_attrs=plus(dropout_attrs),
+   helpers=("dropout",), modes=True, draws=True, backends=NUMPY_ONLY)  # the mask, kept for the backward
+internal("dropout_mask", 1, same_shape, attrs={"p": float, "of": str},
+         backends=NUMPY_ONLY)  # written by the forward dropout ``of`` (``of`` keeps two dropouts' masks apart)
+
+
+def batch_norm_shape(shapes, attrs):
+    x, rest = shapes[0], shapes[1:]
+    if not 2 <= len(x) <= 4:
+        raise ShapeError(f"batch_norm needs a 2-D, 3-D or 4-D x (N, C, ...), got {fmt(x)}")
+    if isinstance(x[1], str):
+        raise ShapeError(f"batch_norm's channels (axis 1 of {fmt(x)}) must be a fixed size, not {x[1]!r}")
+    for what, shape in zip(("weight", "bias", "running_mean", "running_var"), rest):
+        if tuple(shape) != (x[1],):
+            raise ShapeError(f"batch_norm {what} {fmt(shape)} must have shape ({x[1]},), the channels of x {fmt(x)}")
+    return x
+
+
+def batch_norm_rows(shapes, attrs):  # an array shaped like x (x_hat), three channel rows (mean, 1 / std, a temporary)
+    x = shapes[0] if len(shapes) == 5 else shapes[1]
+    return [(x, None)] + [((x[1],), None)] * 3
+
+
+def batch_norm_vjp(b, v, xs, g):
+    """d x and d weight from x's statistics computed again (the batch's in training mode, the running ones in
+    evaluation mode); d bias = the sum of g over all but axis 1; none for the running statistics (frozen)."""
+    x, weight, bias, mean, var = xs
+    eps, rank = b.attrs(v)["eps"], len(b.shape(x))
+    dx = b.node("batch_norm_grad", g, *map(b.fwd, (x, weight, mean, var)), eps=eps)
+    dweight = b.node("batch_norm_grad_w", g, *map(b.fwd, (x, mean, var)), eps=eps, hint=f"d{weight}_terms")
+    dbias = b.node("sum", g, axis=(0, *range(2, rank)), keepdims=False)
+    return [dx, dweight, dbias, None, None]
+
+
+MOMENTUM = Check(lambda v: NUMBER.test(v) and 0 <= v <= 1, "a number in [0, 1]", float)
+op("batch_norm", 5, batch_norm_shape, batch_norm_vjp, attrs={"momentum": MOMENTUM, "eps": POSITIVE},
+   defaults={"momentum": 0.1, "eps": 1e-5}, scratches=batch_norm_rows, helpers=("batch_norm",), modes=True,
+   running=True, backends=NUMPY_ONLY)  # training mode: the batch's statistics; Trainer.step updates the running ones
+internal("batch_norm_grad", 5, lambda shapes, attrs: shapes[1], attrs={"eps": float}, scratches=batch_norm_rows,
+         helpers=("batch_norm",), modes=True, backends=NUMPY_ONLY)  # (g, x, weight, running_mean, running_var)
+internal("batch_norm_grad_w", 4, lambda shapes, attrs: (shapes[1][1],), attrs={"eps": float},
+         scratches=batch_norm_rows, helpers=("batch_norm",), modes=True,
+         backends=NUMPY_ONLY)  # (g, x, running_mean, running_var): the sum of g * x_hat over all but axis 1
 

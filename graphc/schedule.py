@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .graph import LEAVES, concrete, operands, topo_order
+from .graph import LEAVES, concrete, operands, topo_order, trainable_params
 from .ops import OPS
 
 
@@ -178,12 +178,6 @@ def plan_workspace(sched: Schedule) -> Workspace:
     return Workspace(plan.pool.buffers, placed, gradient_views(plan), plan.values)
 
 
-def trainable(G: nx.DiGraph) -> list[str]:
-    """The params the optimizer updates, in PARAMS order: the one place that decides it (the module's TRAINABLE,
-    Trainer's flat storage). A param marked ``trainable = False`` stays out."""
-    return [v for v in G if G.nodes[v]["op"] == "param" and G.nodes[v].get("trainable", True) is not False]
-
-
 def gradient_views(plan: "Planner") -> list[Update]:
     """Trainer keeps the gradients in one flat array (templates/module.py.j2): the buffer holding a trainable
     param's gradient at the end of the step becomes that param's view of it, so the statement computing the
@@ -191,7 +185,7 @@ def gradient_views(plan: "Planner") -> list[Update]:
     scalar) is copied into its view after the backward."""
     updates, claimed = [], set()
     dtype = plan.G.graph["dtype"]
-    for p in trainable(plan.G):
+    for p in trainable_params(plan.G):
         g = plan.grads[p]
         index = plan.where.get(g)
         b = plan.pool.buffers[index] if index is not None else None

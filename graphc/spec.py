@@ -24,7 +24,7 @@ from .training import DEFAULT_ITERATIONS
 SECTIONS = {"name", "inputs", "params", "nodes", "train", "dims", "params_file"}
 HYPERPARAMS = {k for o in OPTIMIZERS.values() for k in o.hyperparams}  # lr among them
 TRAIN_KEYS = {"loss", "outputs", "optimizer", "iterations", "epochs", "batch_size", "dtype"} | HYPERPARAMS
-PARAM_KEYS = {"shape", "init", "scale"}
+PARAM_KEYS = {"shape", "init", "scale", "trainable"}
 INPUT_KEYS = {"shape", "dtype"}
 OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul", ast.Pow: "pow"}
 
@@ -199,7 +199,7 @@ def add_params(g: Graph, params: dict) -> None:
             raise SpecError(f"unknown key {extra[0]!r} (a param has {', '.join(sorted(PARAM_KEYS))})", node=key)
         if "shape" not in p:
             raise SpecError("param has no shape", node=key)
-        g.param(key, p["shape"], init=p.get("init", "randn"), scale=p.get("scale"))
+        g.param(key, p["shape"], init=p.get("init", "randn"), scale=p.get("scale"), trainable=p.get("trainable", True))
 
 
 def targets(train: dict, g: Graph) -> tuple:

@@ -1,14 +1,18 @@
 """The one shared gradient checker: central finite differences in float64 against a module's value_and_grad."""
 
+import functools
+
 import numpy as np
 
 import graphc as gc
 
 
-def finite_differences(loss, params: dict, inputs: tuple, eps: float = 1e-6) -> dict:
-    """d loss / d param for every param, element by element, by central differences."""
+def finite_differences(loss, params: dict, inputs: tuple, eps: float = 1e-6, names=None) -> dict:
+    """d loss / d param for every param (or those in ``names``), element by element, by central differences."""
     grads = {}
     for name, value in params.items():
+        if names is not None and name not in names:
+            continue
         grad = np.zeros_like(value)
         for i in np.ndindex(value.shape):
             old = value[i]
@@ -22,21 +26,26 @@ def finite_differences(loss, params: dict, inputs: tuple, eps: float = 1e-6) -> 
     return grads
 
 
-def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7) -> dict:
-    """Assert the generated value_and_grad matches central differences of the generated loss; return grads.
+def check_gradients(mod, params: dict, inputs: tuple, rtol: float = 1e-6, atol: float = 1e-7,
+                    train: bool = True) -> dict:
+    """Assert the generated value_and_grad matches central differences of the generated loss, both in training
+    mode (``train=False``: evaluation mode); return grads.
 
     Each element must agree within ``atol + rtol * max|expected|`` (normwise per param): rounding in the
     differences grows with the loss, not with each element, so small elements beside large ones need this.
     """
     before = {k: v.copy() for k, v in params.items()}
-    value, grads = mod.value_and_grad(params, *inputs)
+    value, grads = mod.value_and_grad(params, *inputs, train=train)
     for k in params:
         np.testing.assert_array_equal(params[k], before[k], err_msg="value_and_grad changed the params")
-    assert value == mod.loss(params, *inputs)
-    assert set(grads) == set(mod.PARAMS)
+    # the loss in value_and_grad's mode: dropout draws the same masks from its default generator at every call
+    loss = functools.partial(mod.loss, train=train)
+    assert value == loss(params, *inputs)
+    trained = mod.TRAINABLE  # frozen params (trainable = false) have no gradient
+    assert set(grads) == set(trained)
     assert len({id(g) for g in grads.values()}) == len(grads), "two params share one gradient array"
-    expected = finite_differences(mod.loss, params, inputs)
-    for name in mod.PARAMS:
+    expected = finite_differences(loss, params, inputs, names=trained)
+    for name in trained:
         assert np.shape(grads[name]) == params[name].shape, name
         scale = float(np.max(np.abs(expected[name]), initial=0.0))
         np.testing.assert_allclose(grads[name], expected[name], rtol=0, atol=atol + rtol * scale,

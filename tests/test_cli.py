@@ -35,10 +35,11 @@ def test_lr_and_dtype_flags(root, tmp_path):
     "spec, message",
     [
         ("unknown_op", "unknown_op.toml: node 'h': unknown op 'mish' (known: adaptive_avg_pool2d, add, attention, "
-                       "avg_pool2d, binary_cross_entropy_with_logits, clip, concat, conv1d, conv2d, conv_transpose2d, "
-                       "cross_entropy, div, embedding, erf, exp, flatten, gelu, layer_norm, leaky_relu, log, "
-                       "log_softmax, matmul, max, max_pool2d, mean, min, mse, mul, neg, pow, relu, reshape, rms_norm, "
-                       "sigmoid, silu, slice, softmax, softplus, sqrt, sub, sum, tanh, transpose, where)"),
+                       "avg_pool2d, batch_norm, binary_cross_entropy_with_logits, clip, concat, conv1d, conv2d, "
+                       "conv_transpose2d, cross_entropy, div, dropout, embedding, erf, exp, flatten, gelu, layer_norm, "
+                       "leaky_relu, log, log_softmax, matmul, max, max_pool2d, mean, min, mse, mul, neg, pow, relu, "
+                       "reshape, rms_norm, sigmoid, silu, slice, softmax, softplus, sqrt, sub, sum, tanh, transpose, "
+                       "where)"),
         ("shape_mismatch", "shape_mismatch.toml: node 'h': h = matmul(X, W): shapes (32, 100) and (50, 10) "
                            "do not align (100 != 50)"),
         ("undefined_name", "undefined_name.toml: node 'h': undefined name 'V'"),

@@ -129,7 +129,7 @@ CORPUS = {
     "outputs_injection.toml": "[train] names \"__import__('os').system('touch PWNED')\", which is not defined",
     "unknown_top_level_key.toml": "unknown top-level key 'exec'",
     "unknown_train_key.toml": "unknown key 'exec' in [train]",
-    "unknown_param_key.toml": "node 'W': unknown key 'code' (a param has init, scale, shape)",
+    "unknown_param_key.toml": "node 'W': unknown key 'code' (a param has init, scale, shape, trainable)",
     # numbers
     "init_nan.toml": "node 'W': init must be finite, got nan",
     "init_inf.toml": "node 'W': init must be finite, got -inf",

@@ -11,14 +11,16 @@ from test_adjoint import two_layer
 
 
 def assert_trainer_matches_value_and_grad(mod, params, inputs, steps=3, lr=1e-3):
-    """Trainer.step (workspace, in place) against value_and_grad (fresh arrays) + SGD, step after step."""
+    """Trainer.step (workspace, in place) against value_and_grad (fresh arrays) + SGD, step after step; both
+    draw from a Generator of seed 0 (dropout), the trainable params compared."""
     reference = {k: v.copy() for k, v in params.items()}
     trainer = mod.Trainer({k: v.copy() for k, v in params.items()}, lr=lr)
+    rng = np.random.default_rng(0)
     for _ in range(steps):
-        value, grads = mod.value_and_grad(reference, *inputs)
+        value, grads = mod.value_and_grad(reference, *inputs, rng=rng)
         assert trainer.step(*inputs) == pytest.approx(value, rel=1e-12, abs=1e-300)
-        reference = {k: reference[k] - lr * grads[k] for k in reference}
-        for k in reference:
+        reference = {k: reference[k] - lr * grads[k] if k in grads else reference[k] for k in reference}
+        for k in mod.TRAINABLE:
             np.testing.assert_allclose(trainer.params[k], reference[k], rtol=1e-12, atol=1e-15, err_msg=k)
 
 

@@ -361,7 +361,18 @@ def every_op_graphs(N=20000, D=16, C=4):
     heads = gc.sum(gc.attention(q, k, v, causal=True), axis=1)  # (N, T, 2)
     logits4 = gc.transpose(heads @ g4.param("Wo", (2, C), scale=0.3), axes=(0, 2, 1))  # (N, C, T)
     loss4 = gc.cross_entropy(logits4, y4, name="loss")
-    return (g, loss1), (g2, loss2), (g3, loss3), (g4, loss4)
+    g5 = gc.Graph("modes")  # section 14's modes: dropout and batch_norm (2-D and 4-D), in training mode
+    X5, y5 = g5.input("X", (N, 2, 2, 2)), g5.input("y", (N,), dtype="int64")
+
+    def bn(g, x, c, name):
+        stats = (g.param(f"{name}_mean", (c,), init="zeros", trainable=False),
+                 g.param(f"{name}_var", (c,), init="ones", trainable=False))
+        return gc.batch_norm(x, g.param(f"{name}_w", (c,), init="ones"), g.param(f"{name}_b", (c,), init="zeros"),
+                             *stats, name=name)
+
+    h5 = gc.dropout(gc.flatten(bn(g5, X5, 2, "bn1")), 0.25, name="drop")  # (N, 8)
+    z5 = bn(g5, h5 @ g5.param("W", (8, C), scale=0.3), C, "bn2")
+    return (g, loss1), (g2, loss2), (g3, loss3), (g4, loss4), (g5, gc.cross_entropy(z5, y5, name="loss"))
 
 
 def test_step_allocates_no_arrays_with_every_new_op():
@@ -395,7 +406,7 @@ def test_every_new_op_is_covered_by_the_allocation_test():
     new = {"div", "neg", "exp", "log", "tanh", "sigmoid", "leaky_relu", "softmax", "log_softmax", "sum", "mean",
            "transpose", "cross_entropy", "binary_cross_entropy_with_logits",
            "conv2d", "conv1d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",
-           "reshape", "matmul", "embedding", "where", "attention"}
+           "reshape", "matmul", "embedding", "where", "attention", "dropout", "batch_norm"}
     used = set()
     for g, _ in every_op_graphs():
         used |= {op for _, op in g.nx.nodes(data="op")}

@@ -4,7 +4,7 @@ Regenerate with: graphc compile examples/chain_rule.toml -o examples/chain_rule.
 
 It needs only NumPy. Contents: INPUTS and PARAMS (names, in order), init_params(seed),
 predict(params, *inputs), loss(params, *inputs), value_and_grad(params, *inputs),
-Trainer(params, lr, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
+Trainer(params, lr, seed, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
 checkpoints (.save(path), .load(path)): forward, backward and the SGD (torch.optim.SGD) update fused,
 and save_params(params, path) / load_params(path). Running it trains on random data of the right shapes.
 """
@@ -19,10 +19,11 @@ import numpy as np
 INPUTS = ()
 PARAMS = ("x", "y", "z")
 DTYPE = np.float64
+MODES_DIFFER = False  # an op acts differently in training and evaluation mode (dropout, batch_norm)
 DIMS = {}  # named dimensions: their default sizes
 BATCH_DIM = None
 OPTIMIZER = "sgd"
-# the params the optimizer updates, in PARAMS order: Trainer's flat storage
+# the params training changes, in PARAMS order (not those with trainable = false): Trainer's flat storage
 TRAINABLE = ("x", "y", "z")
 HYPERPARAMS = {
     "lr": 0.01,
@@ -32,6 +33,7 @@ HYPERPARAMS = {
     "nesterov": False,
 }
 LR = HYPERPARAMS["lr"]
+RUNNING = {}  # the nodes whose running statistics Trainer.step updates in place
 LOSS_REDUCTION = None  # how the loss combines the batch's rows
 ITERATIONS = 10
 _SHAPES = {
@@ -274,8 +276,8 @@ def predict(params):
     return f
 
 
-def loss(params):
-    """Return the loss, f, as a float."""
+def loss(params, *, train=False, rng=None):
+    """Return the loss, f, as a float, in evaluation mode (train=True: training mode)."""
     _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
@@ -290,8 +292,9 @@ def loss(params):
     return f.item()
 
 
-def value_and_grad(params):
-    """Return (loss, grads): grads maps each name in PARAMS to d f / d param. Params are not changed."""
+def value_and_grad(params, *, train=True, rng=None):
+    """Return (loss, grads): grads maps each name in TRAINABLE to d f / d param, in training mode
+    (train=False: evaluation mode). Params are not changed."""
     _have_params(params, ("x", "y", "z"))
     x = params["x"]
     y = params["y"]
@@ -369,12 +372,14 @@ class Trainer:
     `params` (kept as .params) by the views: read and change them there (params[name][...] = value), not by
     assigning new arrays to the dict."""
 
-    def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
+    def __init__(self, params, lr=LR, check_finite=False, seed=0, **hyperparams):
         _check_params(params)
         self.params = params
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
+        # What training mode draws from (dropout's masks).
+        self.rng = np.random.default_rng(seed)
         # The flat params: the user's values copied in, the dict's values replaced by the views
         self._flat_params = np.empty(
             sum(params[name].size for name in TRAINABLE), dtype=DTYPE

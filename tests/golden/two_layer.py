@@ -4,7 +4,7 @@ Regenerate with: graphc compile examples/two_layer.toml -o examples/two_layer.py
 
 It needs only NumPy. Contents: INPUTS and PARAMS (names, in order), init_params(seed),
 predict(params, *inputs), loss(params, *inputs), value_and_grad(params, *inputs),
-Trainer(params, lr, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
+Trainer(params, lr, seed, **hyperparams) with .step(*inputs), .fit(*inputs), .apply_gradients(grads) and
 checkpoints (.save(path), .load(path)): forward, backward and the SGD (torch.optim.SGD) update fused,
 and save_params(params, path) / load_params(path). Running it trains on random data of the right shapes.
 """
@@ -19,10 +19,11 @@ import numpy as np
 INPUTS = ("X", "y")
 PARAMS = ("W1", "b1", "W2", "b2")
 DTYPE = np.float64
+MODES_DIFFER = False  # an op acts differently in training and evaluation mode (dropout, batch_norm)
 DIMS = {}  # named dimensions: their default sizes
 BATCH_DIM = None
 OPTIMIZER = "sgd"
-# the params the optimizer updates, in PARAMS order: Trainer's flat storage
+# the params training changes, in PARAMS order (not those with trainable = false): Trainer's flat storage
 TRAINABLE = ("W1", "b1", "W2", "b2")
 HYPERPARAMS = {
     "lr": 1e-05,
@@ -32,6 +33,7 @@ HYPERPARAMS = {
     "nesterov": False,
 }
 LR = HYPERPARAMS["lr"]
+RUNNING = {}  # the nodes whose running statistics Trainer.step updates in place
 LOSS_REDUCTION = None  # how the loss combines the batch's rows
 ITERATIONS = 200
 _SHAPES = {
@@ -285,8 +287,8 @@ def predict(params, X):
     return pred
 
 
-def loss(params, X, y):
-    """Return the loss, loss, as a float."""
+def loss(params, X, y, *, train=False, rng=None):
+    """Return the loss, loss, as a float, in evaluation mode (train=True: training mode)."""
     _have_params(params, ("W1", "b1", "W2", "b2"))
     X, y, _ = _batch(X=X, y=y)
     W1 = params["W1"]
@@ -309,8 +311,9 @@ def loss(params, X, y):
     return loss.item()
 
 
-def value_and_grad(params, X, y):
-    """Return (loss, grads): grads maps each name in PARAMS to d loss / d param. Params are not changed."""
+def value_and_grad(params, X, y, *, train=True, rng=None):
+    """Return (loss, grads): grads maps each name in TRAINABLE to d loss / d param, in training mode
+    (train=False: evaluation mode). Params are not changed."""
     _have_params(params, ("W1", "b1", "W2", "b2"))
     X, y, _ = _batch(X=X, y=y)
     W1 = params["W1"]
@@ -411,12 +414,14 @@ class Trainer:
     `params` (kept as .params) by the views: read and change them there (params[name][...] = value), not by
     assigning new arrays to the dict."""
 
-    def __init__(self, params, lr=LR, check_finite=False, **hyperparams):
+    def __init__(self, params, lr=LR, check_finite=False, seed=0, **hyperparams):
         _check_params(params)
         self.params = params
         self.hyperparams = _check_hyperparams({**HYPERPARAMS, **hyperparams, "lr": lr})
         self.check_finite = check_finite
         self.steps = 0
+        # What training mode draws from (dropout's masks).
+        self.rng = np.random.default_rng(seed)
         # The flat params: the user's values copied in, the dict's values replaced by the views
         self._flat_params = np.empty(
             sum(params[name].size for name in TRAINABLE), dtype=DTYPE
