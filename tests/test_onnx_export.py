@@ -296,3 +296,72 @@ def test_export_never_writes_over_a_spec_or_the_params(tmp_path):
     result = graphc("export", "every_op.toml", "--params", "missing.npz", "-o", "m.onnx", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr == "graphc: error: missing.npz: cannot read the params: no such file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["every_op.toml", "p.onnx"]
+
+
+SECTION_16_SPEC = """
+name = "section_16"
+
+[dims]
+N = 3
+
+[inputs]
+ids = { shape = ["N", 4], dtype = "int64" }
+keep = { shape = ["N", 4, 6], dtype = "bool" }
+X = ["N", 2, 5]
+
+[params]
+tok = { shape = [7, 6], init = "randn" }
+Wq = { shape = [6, 6], init = "randn", scale = 0.4 }
+W3 = { shape = [2, 5, 6], init = "randn", scale = 0.4 }
+bn_w = { shape = [2], init = "randn" }
+bn_b = { shape = [2], init = "randn" }
+bn_mean = { shape = [2], init = "randn", trainable = false }
+bn_var = { shape = [2], init = "ones", trainable = false }
+
+[nodes]
+e = "embedding(ids, tok)"
+heads = "transpose(reshape(e @ Wq, (N, 4, 2, 3)), axes=(0, 2, 1, -1))"
+att = "attention(heads, heads, heads, causal=True)"
+mixed = "transpose(att, axes=(0, 2, 1, 3))"
+picked = "where(keep, e, -e * 2.0)"
+bn = "batch_norm(dropout(X, 0.25), bn_w, bn_b, bn_mean, bn_var, momentum=0.2, eps=0.001)"
+batched = "transpose(bn, axes=(1, 0, 2)) @ W3"
+
+[train]
+outputs = ["mixed", "picked", "batched"]
+dtype = "float32"
+"""
+
+
+def test_section_16_ops_export_and_evaluate_to_what_predict_computes(tmp_path):
+    """transpose with axes (perm, negative axes normalised), matmul at rank 3 and 4, embedding (Gather), where of a
+    bool input, causal attention (MatMul and Softmax), dropout (the identity), batch_norm in evaluation form; and
+    the import of the export predicts the same (trainable = false params stay frozen)."""
+    spec = tmp_path / "s16.toml"
+    spec.write_text(SECTION_16_SPEC)
+    assert main(["export", str(spec), "-o", str(tmp_path / "s16.onnx")]) == 0
+    model = check_model(tmp_path / "s16.onnx")
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"Gather", "Where", "BatchNormalization", "Softmax", "Identity", "Transpose", "MatMul"} <= kinds
+    perms = [list(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+    assert [0, 2, 1, 3] in perms and [1, 0, 2] in perms
+    mod = compiled(spec)
+    params = mod.init_params(0)
+    rng = np.random.default_rng(5)
+    for n in (1, 3):
+        feeds = {"ids": rng.integers(0, 7, (n, 4)).astype(np.int64), "keep": rng.random((n, 4, 6)) < 0.5,
+                 "X": rng.standard_normal((n, 2, 5)).astype(np.float32)}
+        want = as_tuple(mod.predict(params, **feeds))
+        for engine, got in evaluate(tmp_path / "s16.onnx", feeds).items():
+            assert len(got) == 3
+            for a, b in zip(got, want):
+                assert a.shape == b.shape, engine
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=engine)
+    (tmp_path / "again").mkdir()
+    assert main(["import", str(tmp_path / "s16.onnx"), "-o", str(tmp_path / "again" / "m.toml")]) == 0
+    text = (tmp_path / "again" / "m.toml").read_text()
+    assert 'dtype = "int64"' in text and 'dtype = "bool"' in text and text.count("trainable = false") == 2
+    assert "embedding(ids, tok)" in text and "where(keep, " in text and "axes=(0, 2, 1, 3)" in text
+    again = compiled(tmp_path / "again" / "m.toml")
+    for a, b in zip(as_tuple(again.predict(again.init_params(), **feeds)), want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

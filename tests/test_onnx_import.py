@@ -360,12 +360,16 @@ def test_unsupported_op_names_the_op_the_node_and_the_supported_list(tmp_path):
 
 def test_unsupported_forms_of_supported_ops_are_one_line_errors():
     cases = [
-        (make_model([helper.make_node("MatMul", ["x", "x"], ["y"])], [vi("x", [2, 2, 2])], [vi("y", [2, 2, 2])]),
-         "MatMul of 3-D and 3-D values"),
+        (make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [2, 2, 3])], [vi("y", [2, 2, 2])],
+                    [init("w", np.ones((2, 2), np.float32))]), "shapes (2, 2, 3) and (2, 2) do not align"),
+        (make_model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 0, 1])], [vi("x", [2, 2, 3])],
+                    [vi("y", [2, 2, 3])]), "Transpose of a 3-D value with perm=[0, 0, 1]: not a permutation"),
+        (make_model([helper.make_node("Gather", ["w", "i"], ["y"], axis=1)], [vi("i", [2], TensorProto.INT64)],
+                    [vi("y", [3, 2])], [init("w", np.ones((3, 4), np.float32))]), "by computed indices"),
+        (make_model([helper.make_node("Add", ["x", "x"], ["y"])], [vi("x", [2], TensorProto.INT32)],
+                    [vi("y", [2], TensorProto.INT32)]), "input 'x' has element type INT32"),
         (make_model([helper.make_node("Flatten", ["x"], ["y"], axis=2)], [vi("x", ["N", 2, 3])], [vi("y", [None, 3])]),
          "Flatten of a 3-D value ('N', 2, 3) with axis=2"),
-        (make_model([helper.make_node("Add", ["x", "x"], ["y"])], [vi("x", [2], TensorProto.INT64)],
-                    [vi("y", [2], TensorProto.INT64)]), "input 'x' has element type INT64"),
     ]
     for model, message in cases:
         with pytest.raises(gc.GraphcError) as err:
@@ -574,3 +578,75 @@ def test_random_ops_are_not_folded():
     with pytest.raises(gc.GraphcError) as err:
         gc.from_onnx(make_model(nodes, [vi("x", [2])], [vi("y", [2])]))
     assert "unsupported op RandomNormal" in str(err.value)
+
+
+# ---- section 16: Transpose with perm, MatMul at any rank, Gather, BatchNormalization, Where --------------------
+
+def test_transpose_perm_and_matmul_at_any_rank():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((3, 5)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),  # (N, 3, 4, 2) -> (N, 4, 2, 3)
+             helper.make_node("MatMul", ["t", "w"], ["m"]),  # (N, 4, 2, 5)
+             helper.make_node("Transpose", ["m"], ["u"], perm=[0, 1, 3, 2]),  # (N, 4, 5, 2)
+             helper.make_node("MatMul", ["m", "u"], ["y"]),  # (N, 4, 2, 2): batched
+             helper.make_node("MatMul", ["v", "w"], ["z"])]  # 1-D @ 2-D
+    model = make_model(nodes, [vi("x", ["N", 3, 4, 2]), vi("v", [3])], [vi("y", ["N", 4, 2, 2]), vi("z", [5])],
+                       [init("w", w)])
+    feeds = {"x": rng.standard_normal((2, 3, 4, 2)).astype(np.float32), "v": rng.standard_normal(3).astype(np.float32)}
+    text = spec_of(check_against_reference(model, feeds, engine="onnxruntime", rtol=1e-4))
+    assert "transpose(x, axes=(0, 2, 3, 1))" in text and "axes=(0, 1, 3, 2)" in text
+
+
+def test_gather_of_int64_ids_is_embedding_and_constant_runs_are_slices():
+    rng = np.random.default_rng(8)
+    tok, pos = rng.standard_normal((10, 4)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["tok", "ids"], ["e"], axis=0),
+             helper.make_node("Gather", ["pos", "run"], ["p"], axis=0),  # torch's pos_emb(arange(T))
+             helper.make_node("Add", ["e", "p"], ["h"]),
+             helper.make_node("Gather", ["h", "last"], ["y"], axis=1)]  # h[:, -1]
+    model = make_model(nodes, [vi("ids", ["N", 3], TensorProto.INT64)], [vi("y", ["N", 4]), vi("h", ["N", 3, 4])],
+                       [init("tok", tok), init("pos", pos), init("run", np.arange(3, dtype=np.int64)),
+                        init("last", np.array(-1, np.int64))])
+    ids = rng.integers(0, 10, (2, 3)).astype(np.int64)
+    imported = check_against_reference(model, {"ids": ids}, engine="onnxruntime")
+    text = spec_of(imported)
+    assert 'ids = { shape = ["N", 3], dtype = "int64" }' in text and "embedding(ids, tok)" in text
+    assert "slice(pos, axis=0, stop=3)" in text and "slice(h, axis=1, start=2)" in text and imported.graph.nx.nodes["ids"]["dtype"] == "int64"
+
+
+def test_batch_normalization_keeps_running_statistics_frozen_and_where_takes_a_bool_input():
+    rng = np.random.default_rng(9)
+    stats = [rng.standard_normal(3).astype(np.float32) for _ in range(3)] + [rng.random(3).astype(np.float32) + 0.5]
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "mean", "var"], ["n"], epsilon=1e-3,
+                              momentum=0.8),
+             helper.make_node("Where", ["c", "n", "zero"], ["y"])]
+    model = make_model(nodes, [vi("x", ["N", 3, 4]), vi("c", ["N", 3, 4], TensorProto.BOOL)], [vi("y", ["N", 3, 4])],
+                       [init(k, a) for k, a in zip(["s", "b", "mean", "var"], stats)] + [init("zero", np.float32(0))])
+    feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32), "c": rng.random((2, 3, 4)) < 0.5}
+    imported = check_against_reference(model, feeds, engine="onnxruntime", rtol=1e-4)
+    G = imported.graph.nx
+    assert [v for v in imported.graph.params if not G.nodes[v].get("trainable", True)] == ["mean", "var"]
+    text = spec_of(imported)
+    assert 'y = "where(c, batch_norm(x, s, b, mean, var, momentum=0.2, eps=0.0010000000474974513), 0.0)"' in text
+    assert 'mean = { shape = [3], init = "file", trainable = false }' in text
+
+
+def test_a_constant_condition_folds_to_a_frozen_mask():
+    """How exporters write causal attention: Trilu and Equal fold; Where of the folded condition and -inf is the
+    scores plus a frozen mask param (a huge negative number where the condition fails)."""
+    rng = np.random.default_rng(10)
+    ones = numpy_helper.from_array(np.ones((4, 4), np.float32))
+    nodes = [helper.make_node("Constant", [], ["ones"], value=ones),
+             helper.make_node("Trilu", ["ones"], ["low"], upper=0),
+             helper.make_node("Equal", ["low", "one"], ["keep"]),
+             helper.make_node("Where", ["keep", "x", "neg_inf"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("Where", ["keep", "p", "x"], ["y"])]
+    model = make_model(nodes, [vi("x", ["N", 4, 4])], [vi("y", ["N", 4, 4])],
+                       [init("one", np.float32(1)),
+                        init("neg_inf", np.float32(-np.inf))])
+    imported = check_against_reference(model, {"x": rng.standard_normal((2, 4, 4)).astype(np.float32)},
+                                       engine="onnxruntime")
+    G = imported.graph.nx
+    assert imported.graph.params and all(G.nodes[v].get("trainable") is False for v in imported.graph.params)
+    assert imported.values[imported.graph.params[0]][0, 3] < -1e37

@@ -31,7 +31,7 @@ from ..ops import OPS, conv_pads
 from ..spec import load_spec
 from .model import OPSET, first_line, onnx_module
 
-ELEM_TYPES = {"float32": 1, "float64": 11}
+ELEM_TYPES = {"float32": 1, "float64": 11, "int64": 7, "bool": 9}
 PRODUCER = "graphc"  # the producer name of the models graphc writes: the ones export may replace
 EXPORTERS: dict[str, Callable] = {}  # graphc op -> exporter(ex, v, args, attrs), for the ops that are not one node
 
@@ -74,7 +74,7 @@ class Exporter:
 
     def value_info(self, v):
         shape = [d if isinstance(d, str) else int(d) for d in self.G.nodes[v]["shape"]]
-        elem = ELEM_TYPES.get(self.G.nodes[v].get("dtype", self.dtype), 7)  # 7: INT64, class indices
+        elem = ELEM_TYPES[self.G.nodes[v].get("dtype", self.dtype)]
         return self.onnx.helper.make_tensor_value_info(v, elem, shape)
 
     def run(self):
@@ -134,7 +134,10 @@ class Exporter:
 
 @exporter("transpose")
 def transpose(ex, v, args, attrs):
-    ex.node("Transpose", args, v, perm=[1, 0])
+    rank = len(shape_of(ex, args[0]))
+    axes = attrs.get("axes")
+    perm = list(reversed(range(rank))) if axes is None else [int(a) % rank for a in axes]
+    ex.node("Transpose", args, v, perm=perm)
 
 
 @exporter("leaky_relu")
@@ -395,6 +398,57 @@ def slice_(ex, v, args, attrs):
     stop = (INT64_MAX if step > 0 else INT64_MIN) if stop is None else stop
     ex.node("Slice", [args[0], ex.ints([attrs["start"]], f"{v}_starts"), ex.ints([stop], f"{v}_ends"),
                       ex.ints([attrs["axis"]], f"{v}_axes"), ex.ints([step], f"{v}_steps")], v)
+
+
+# ---- the section 15 and 16 ops: embedding, where, attention, dropout, batch_norm ---------------------------------
+
+@exporter("embedding")
+def embedding(ex, v, args, attrs):
+    ids, weight = args
+    ex.node("Gather", [weight, ids], v, axis=0)
+
+
+@exporter("where")
+def where(ex, v, args, attrs):
+    ex.node("Where", args, v)
+
+
+@exporter("dropout")
+def dropout(ex, v, args, attrs):
+    """The model is for inference, where dropout is the identity."""
+    ex.node("Identity", args, v)
+
+
+@exporter("batch_norm")
+def batch_norm(ex, v, args, attrs):
+    """Evaluation form: the running statistics; ONNX's momentum weights the running value, torch's the batch's."""
+    ex.node("BatchNormalization", args, v, epsilon=float(attrs["eps"]), momentum=1.0 - float(attrs["momentum"]))
+
+
+@exporter("attention")
+def attention(ex, v, args, attrs):
+    """softmax(q @ k^T * scale (+ a causal mask: a huge negative number above the diagonal)) @ v, as MatMul and
+    Softmax."""
+    q, k, val = args
+    q_shape, k_shape = shape_of(ex, q), shape_of(ex, k)
+    rank = len(k_shape)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    kt = ex.node("Transpose", [k], ex.fresh(f"{v}_kt"), perm=perm)
+    scale = attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(q_shape[-1])
+    scores = ex.node("Mul", [ex.node("MatMul", [q, kt], ex.fresh(f"{v}_qk")), ex.scalar(scale, f"{v}_scale")],
+                     ex.fresh(f"{v}_scores"))
+    if attrs["causal"]:
+        tq, tk = q_shape[-2], k_shape[-2]
+        if isinstance(tq, str) or isinstance(tk, str):
+            raise GraphError(f"causal attention of {q_shape} and {k_shape}: graphc exports fixed sequence lengths",
+                             node=v)
+        hidden = -float(np.finfo(ex.dtype).max) / 2  # finite (a param when imported again); exp of it is 0 as well
+        mask = np.where(np.tril(np.ones((tq, tk), bool)), 0.0, hidden).astype(ex.dtype)
+        name = ex.fresh(f"{v}_mask")
+        ex.initializers.append(ex.onnx.numpy_helper.from_array(mask, name))
+        scores = ex.node("Add", [scores, name], ex.fresh(f"{v}_masked"))
+    probs = ex.node("Softmax", [scores], ex.fresh(f"{v}_weights"), axis=-1)
+    ex.node("MatMul", [probs, val], v)
 
 
 # ---- graphc export --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .folding import evaluate, foldable, is_symbolic, shape_array
 from .model import onnx_module, opset_version, read_model
 
 FLOAT_TYPES = {1: "float32", 11: "float64"}  # ONNX TensorProto element types graphc computes in
+OTHER_INPUT_TYPES = {7: "int64", 9: "bool"}  # token ids (Gather's indices) and conditions (Where's)
 CONVERTERS: dict[str, Callable] = {}  # ONNX op type -> converter(imp, node), in the order they are written here
 ONE_TO_ONE = {op.onnx: op.name for op in OPS.values() if op.onnx}  # "Relu" -> "relu": the op table's onnx field
 
@@ -160,7 +161,8 @@ class Importer:
         self.named_dims = {}
         for v in inputs:
             name = self.names.ident[v.name]
-            self.env[v.name] = self.g.input(name, self.input_shape(v, name))
+            elem = v.type.tensor_type.elem_type
+            self.env[v.name] = self.g.input(name, self.input_shape(v, name), dtype=OTHER_INPUT_TYPES.get(elem))
         self.dims = self.dim_defaults()
         for node in live:
             self.node = node
@@ -185,9 +187,12 @@ class Importer:
         types = []
         for v in inputs:
             elem = v.type.tensor_type.elem_type if v.type.HasField("tensor_type") else None
+            if elem in OTHER_INPUT_TYPES:
+                continue
             if elem not in FLOAT_TYPES:
                 raise SpecError(f"input {v.name!r} has element type {self.type_name(elem)}: graphc imports models "
-                                f"whose inputs are float32 or float64 tensors (axes and shapes must be constants)")
+                                f"whose inputs are float32 or float64 tensors, int64 token ids or bool conditions "
+                                f"(axes and shapes must be constants)")
             types.append(FLOAT_TYPES[elem])
         for t in self.model.graph.initializer:
             if t.data_type in FLOAT_TYPES and t.name in self.used:
@@ -314,9 +319,27 @@ class Importer:
             raise GraphError(f"tensor {name!r} has element type {array.dtype}: graphc computes in {self.dtype}")
         if array.ndim == 0:
             return float(array)
+        return self.param(name, array, trainable=name in self.initializers)
+
+    def param(self, name: str, array, trainable: bool = True) -> Tensor:
+        """A param of the values of ``array``: a weight of the model, or (``trainable=False``) a running statistic
+        or a constant that folding made (a mask), which training leaves alone."""
         ident = self.names.add(name)
         self.values[ident] = np.ascontiguousarray(array, dtype=self.dtype)
-        return self.g.param(ident, array.shape, init="file")
+        return self.g.param(ident, array.shape, init="file", trainable=trainable)
+
+    def frozen(self, name: str) -> Tensor:
+        """ONNX value ``name`` (a constant 1-D float tensor) as a ``trainable = false`` param."""
+        if name not in self.env:
+            array = self.known(name)
+            if array is None or array.dtype.kind != "f" or array.ndim != 1:
+                raise GraphError(f"{name!r} must be a constant 1-D float tensor (running statistics)")
+            self.env[name] = self.param(name, array, trainable=False)
+        x = self.tensor(name)
+        if self.g.nx.nodes[x.name].get("trainable", True):
+            raise GraphError(f"{name!r} must be a constant 1-D float tensor (running statistics), not a computed "
+                             "value or an input")
+        return x
 
     def tensor(self, name: str) -> Tensor:
         x = self.value(name)
@@ -479,9 +502,7 @@ def gemm(imp, node):
 
 @converter("MatMul")
 def matmul(imp, node):
-    a, b = (imp.tensor(x) for x in node.input)
-    if imp.rank(a) != 2 or imp.rank(b) != 2:
-        raise GraphError(f"MatMul of {imp.rank(a)}-D and {imp.rank(b)}-D values: graphc multiplies 2-D matrices")
+    a, b = (imp.tensor(x) for x in node.input)  # any rank: NumPy's matmul is ONNX's
     return imp.apply("matmul", a, b, last=True)
 
 
@@ -557,9 +578,12 @@ def transpose(imp, node):
     perm = list(reversed(range(rank))) if perm is None else [int(p) for p in perm]
     if perm == list(range(rank)):
         return x
-    if rank != 2:
-        raise GraphError(f"Transpose of a {rank}-D value (perm={perm}): graphc transposes 2-D values")
-    return imp.apply("transpose", x, last=True)
+    if sorted(p % rank if -rank <= p < rank else p for p in perm) != list(range(rank)):
+        raise GraphError(f"Transpose of a {rank}-D value with perm={perm}: not a permutation of its axes")
+    perm = [p % rank for p in perm]
+    if rank == 2:
+        return imp.apply("transpose", x, last=True)
+    return imp.apply("transpose", x, last=True, axes=tuple(perm))
 
 
 @converter("Identity")
@@ -656,9 +680,12 @@ def squeeze(imp, node):
 
 @converter("Dropout")
 def dropout(imp, node):
+    """Training mode (a model exported for training): graphc's dropout, the identity in predict; else the
+    identity."""
     names = imp.inputs(node, 3)
     if names[2] and bool(imp.number(names[2], "Dropout's training_mode")):
-        raise GraphError("Dropout in training mode: graphc imports it at inference, where it is the identity")
+        p = imp.number(names[1], "Dropout's ratio") if names[1] else 0.5
+        return imp.apply("dropout", imp.tensor(names[0]), last=True, p=p) if p else imp.value(names[0])
     return imp.value(names[0])
 
 
@@ -921,6 +948,87 @@ def global_max_pool(imp, node):
     if imp.rank(x) < 3:
         raise GraphError(f"GlobalMaxPool of a {imp.rank(x)}-D value: it needs (N, C, ...)")
     return imp.apply("max", x, last=True, axis=tuple(range(2, imp.rank(x))), keepdims=True)
+
+
+# ---- section 16: token ids (Gather), BatchNormalization, Where ----------------------------------------------
+
+@converter("Gather")
+def gather(imp, node):
+    """Rows of a weight picked by int64 ids (a graph input): embedding. Constant indices that are a run (torch's
+    positions, ``x[:, -1]``): a slice, the axis dropped for a scalar index."""
+    data, axis = imp.tensor(node.input[0]), int(imp.attr("axis", 0))
+    ids = imp.value(node.input[1])
+    if isinstance(ids, Tensor):
+        if axis != 0 or imp.rank(data) != 2:
+            raise GraphError(f"Gather of {tuple(data.shape)} along axis {axis} by computed indices: graphc gathers "
+                             "the rows of a 2-D weight (embedding)")
+        return imp.apply("embedding", ids, data, last=True)
+    rank = imp.rank(data)
+    index = np.asarray(ids).astype(np.int64)
+    if not -rank <= axis < rank or index.ndim > 1 or isinstance(data.shape[axis % rank], str):
+        raise GraphError(f"Gather of {tuple(data.shape)} along axis {axis} by constant indices of shape "
+                         f"{index.shape}: graphc takes a run of indices along a fixed axis")
+    axis, size = axis % rank, data.shape[axis % rank]
+    flat = index.reshape(-1) % size
+    if flat.size == 0 or np.any(np.diff(flat) != 1):
+        raise GraphError(f"Gather of indices {flat.tolist()}: graphc takes a run of consecutive indices")
+    stop = int(flat[-1]) + 1
+    whole = flat[0] == 0 and stop == size
+    x = data if whole else imp.apply("slice", data, last=index.ndim == 1, axis=axis, start=int(flat[0]),
+                                     stop=None if stop == size else stop, step=1)
+    return x if index.ndim == 1 else view(imp, x, [d for i, d in enumerate(x.shape) if i != axis])
+
+
+@converter("BatchNormalization")
+def batch_norm(imp, node):
+    """graphc's batch_norm, the running statistics ``trainable = false`` params; training_mode=1 (a model
+    exported for training) and 0 alike: predict normalizes with the running statistics, training with the
+    batch's. ONNX's momentum weights the running value, torch's the batch's."""
+    names = imp.inputs(node, 5)
+    x, weight, bias = (imp.tensor(n) for n in names[:3])
+    mean, var = imp.frozen(names[3]), imp.frozen(names[4])
+    eps = float(np.float32(imp.attr("epsilon", 1e-5)))
+    momentum = 1.0 - float(np.float32(imp.attr("momentum", 0.9)))
+    return imp.apply("batch_norm", x, weight, bias, mean, var, last=True, momentum=round(momentum, 6), eps=eps)
+
+
+def float_mask(imp, cond, name: str, on: float = 1.0, off: float = 0.0) -> Tensor:
+    """A constant boolean condition as a ``trainable = false`` param: ``on`` where it holds, else ``off``."""
+    half = float(np.finfo(imp.dtype).max) / 2  # an infinite fill as a finite one: params are finite; softmax's
+    on, off = (float(np.clip(f, -half, half)) for f in (on, off))  # exp of it is 0 all the same
+    array = np.where(np.asarray(cond, bool), on, off)
+    if array.ndim == 0:
+        return imp.const(float(array))
+    return imp.param(f"{name}_mask", array, trainable=False)
+
+
+@converter("Where")
+def where(imp, node):
+    """A boolean graph input as the condition: graphc's where. A constant one (a causal mask, folded): a mask
+    param, ``a * m + b * (1 - m)``, or ``a + m`` with m 0 or the infinite scalar b (a masked fill: half the
+    largest float in its place, which a softmax after it turns into 0 as it does -inf)."""
+    cond = imp.value(node.input[0])
+    a, b = (imp.value(n) for n in node.input[1:])
+    if isinstance(cond, Tensor):
+        return imp.apply("where", cond, imp.tensor(node.input[1]), imp.tensor(node.input[2]), last=True)
+    if isinstance(cond, float) or cond.dtype.kind != "b":
+        raise GraphError(f"Where's condition {node.input[0]!r} must be boolean")
+    here = imp.out
+    for keep, fill, on in ((a, b, False), (b, a, True)):
+        if isinstance(fill, float) and not np.isfinite(fill):
+            return imp.apply("add", imp.tensor(node.input[1] if keep is a else node.input[2]),
+                             float_mask(imp, cond, here, on=fill if on else 0.0, off=0.0 if on else fill),
+                             last=True)
+    mask = float_mask(imp, cond, here)
+    kept = imp.apply("mul", imp.tensor(node.input[1]), mask)
+    dropped = imp.apply("mul", imp.tensor(node.input[2]), imp.apply("sub", 1.0, mask))
+    return imp.apply("add", kept, dropped, last=True)
+
+
+@converter("Equal", "Trilu")
+def folded_only(imp, node):
+    """Folded when its inputs are constants (a causal mask); on a computed value there is no op for it."""
+    raise GraphError(f"{node.op_type} of a computed value: graphc imports it only on constants (folded at import)")
 
 
 SUPPORTED = tuple(CONVERTERS)  # the ONNX op types graphc imports (the measuring scripts in tools/ read it)

@@ -100,14 +100,17 @@ class SpecWriter:
         inputs = []
         for v in g.inputs:
             shape = "[" + ", ".join(toml_string(d) if isinstance(d, str) else str(d) for d in G.nodes[v]["shape"]) + "]"
-            inputs.append((f"{v} = {shape}", self.renamed(v)))
+            dtype = G.nodes[v]["dtype"]
+            typed = shape if dtype == g.dtype else f"{{ shape = {shape}, dtype = {toml_string(dtype)} }}"
+            inputs.append((f"{v} = {typed}", self.renamed(v)))
         loss = self.loss_hint()
         if loss:
             inputs.append((f"# {loss[0]}", "to train: a target (see [train])"))
         params = []
         for v in g.params:
             shape = "[" + ", ".join(str(d) for d in G.nodes[v]["shape"]) + "]"
-            params.append((f"{v} = {{ shape = {shape}, init = \"file\" }}", self.renamed(v)))
+            frozen = ", trainable = false" if not G.nodes[v].get("trainable", True) else ""
+            params.append((f"{v} = {{ shape = {shape}, init = \"file\"{frozen} }}", self.renamed(v)))
         return environment().get_template("spec.toml.j2").render(
             version=__version__, producer=comment(imp.producer) if imp.producer else None, opset=imp.opset,
             command=comment(command), npz_name=toml_string(npz_name), dims=align(dims), inputs=align(inputs),
