@@ -633,7 +633,7 @@ def test_batch_normalization_keeps_running_statistics_frozen_and_where_takes_a_b
 
 def test_a_constant_condition_folds_to_a_frozen_mask():
     """How exporters write causal attention: Trilu and Equal fold; Where of the folded condition and -inf is the
-    scores plus a frozen mask param (a huge negative number where the condition fails)."""
+    scores plus a frozen mask param (a huge negative number where the condition fails). And Softplus."""
     rng = np.random.default_rng(10)
     ones = numpy_helper.from_array(np.ones((4, 4), np.float32))
     nodes = [helper.make_node("Constant", [], ["ones"], value=ones),
@@ -641,7 +641,8 @@ def test_a_constant_condition_folds_to_a_frozen_mask():
              helper.make_node("Equal", ["low", "one"], ["keep"]),
              helper.make_node("Where", ["keep", "x", "neg_inf"], ["s"]),
              helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-             helper.make_node("Where", ["keep", "p", "x"], ["y"])]
+             helper.make_node("Where", ["keep", "p", "x"], ["w"]),
+             helper.make_node("Softplus", ["w"], ["y"])]
     model = make_model(nodes, [vi("x", ["N", 4, 4])], [vi("y", ["N", 4, 4])],
                        [init("one", np.float32(1)),
                         init("neg_inf", np.float32(-np.inf))])

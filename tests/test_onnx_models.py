@@ -288,3 +288,87 @@ def test_gradients_after_adding_a_loss_match_torch(name, exported, imported, tmp
         (g_fc,) = torch.autograd.grad(torch_loss, [model.fc.weight])
         np.testing.assert_allclose(loss, torch_loss.item(), rtol=1e-5)
         np.testing.assert_allclose(grads["fc_weight"], g_fc.numpy(), rtol=1e-3, atol=1e-5)
+
+
+# ---- section 16: a model exported in training mode (BatchNormalization and Dropout kept), a tiny GPT ----------
+
+class TinyGPT(nn.Module):
+    """Token and position embeddings, one causal self-attention of 2 heads (scaled_dot_product_attention), a head."""
+
+    def __init__(self, vocab=11, width=8, context=5):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(context, width)
+        self.qkv, self.head = nn.Linear(width, 3 * width), nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        n, t = ids.shape
+        x = self.tok(ids) + self.pos(torch.arange(t))
+        q, k, v = (z.reshape(n, t, 2, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, dim=-1))
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + a.transpose(1, 2).reshape(n, t, -1))
+
+
+class BatchNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn2 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=0.3)
+        self.fc, self.bn1, self.drop = nn.Linear(64, 6), nn.BatchNorm1d(6, eps=1e-3), nn.Dropout(0.25)
+
+    def forward(self, x):
+        h = torch.relu(self.bn2(self.conv(x)))
+        return self.bn1(self.drop(self.fc(torch.flatten(h, 1))))
+
+
+def export_torch(model, example, path, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, **options)
+
+
+@pytest.fixture(scope="module")
+def section16(tmp_path_factory):
+    """BatchNormNet exported in training mode and in evaluation mode, TinyGPT: ``name -> (model, spec, module)``."""
+    folder, out = tmp_path_factory.mktemp("section16"), {}
+    torch.manual_seed(0)
+    bn = BatchNormNet()
+    randomize_batch_norms(bn)
+    for m in (bn.bn1,):
+        with torch.no_grad():
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
+    gpt = TinyGPT().eval()
+    cases = {"bn_training": (bn, torch.randn(4, 2, 4, 4), {"training": torch.onnx.TrainingMode.TRAINING}),
+             "bn_eval": (bn, torch.randn(4, 2, 4, 4), {}), "tiny_gpt": (gpt, torch.randint(0, 11, (2, 5)), {})}
+    for name, (model, example, options) in cases.items():
+        path = folder / f"{name}.onnx"
+        export_torch(model, example, path, **options)
+        model.eval()
+        spec, module = path.with_suffix(".toml"), path.with_name(f"{name}_model.py")
+        assert main(["import", str(path), "-o", str(spec)]) == 0
+        assert main(["compile", str(spec), "-o", str(module)]) == 0
+        out[name] = (model, path, spec, load_module(module))
+    return out
+
+
+@pytest.mark.parametrize("name", ["bn_training", "bn_eval", "tiny_gpt"])
+def test_section_16_models_predict_what_torch_computes_in_evaluation_mode(name, section16):
+    model, path, spec, mod = section16[name]
+    params = mod.init_params()
+    rng = np.random.default_rng(3)
+    for n in (1, 3):
+        x = rng.integers(0, 11, (n, 5)) if name == "tiny_gpt" else rng.standard_normal((n, 2, 4, 4)).astype(np.float32)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(mod.predict(params, x), want, rtol=RTOL, atol=ATOL, err_msg=f"{name} at {n}")
+
+
+def test_training_mode_export_keeps_batch_norm_with_frozen_running_statistics(section16):
+    ops = {n.op_type for n in onnx.load(str(section16["bn_training"][1])).graph.node}
+    assert {"BatchNormalization", "Dropout"} <= ops
+    text = section16["bn_training"][2].read_text()
+    assert text.count("batch_norm(") == 2 and text.count("trainable = false") == 4 and "dropout(" in text
+    assert "momentum=0.3" in text and "eps=0.0010000000474974513" in text
+    frozen = sorted(line.split()[0] for line in text.splitlines() if "trainable = false" in line)
+    assert frozen == ["bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var"]
+    gpt = section16["tiny_gpt"][2].read_text()
+    assert 'dtype = "int64"' in gpt and "embedding(" in gpt

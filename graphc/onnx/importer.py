@@ -319,7 +319,10 @@ class Importer:
             raise GraphError(f"tensor {name!r} has element type {array.dtype}: graphc computes in {self.dtype}")
         if array.ndim == 0:
             return float(array)
-        return self.param(name, array, trainable=name in self.initializers)
+        if name in self.initializers:
+            return self.param(name, array)
+        half = np.finfo(self.dtype).max / 2  # a folded mask's -inf as a finite number (params are finite): a
+        return self.param(name, np.clip(array, -half, half), trainable=False)  # softmax makes 0 of either
 
     def param(self, name: str, array, trainable: bool = True) -> Tensor:
         """A param of the values of ``array``: a weight of the model, or (``trainable=False``) a running statistic
@@ -371,7 +374,7 @@ class Importer:
     def number(self, name: str, what: str) -> float:
         """A constant scalar operand (an exponent, a bound) as a float."""
         x = self.known(name)
-        if x is None or is_symbolic(x) or x.size != 1 or x.dtype.kind not in "iuf":
+        if x is None or is_symbolic(x) or x.size != 1 or x.dtype.kind not in "biuf":
             raise GraphError(f"{what} {name!r} must be a constant scalar, not a computed value")
         return float(x.reshape(-1)[0])
 
@@ -1023,6 +1026,12 @@ def where(imp, node):
     kept = imp.apply("mul", imp.tensor(node.input[1]), mask)
     dropped = imp.apply("mul", imp.tensor(node.input[2]), imp.apply("sub", 1.0, mask))
     return imp.apply("add", kept, dropped, last=True)
+
+
+@converter("Softplus")
+def softplus(imp, node):
+    """log(1 + exp(x)); graphc's (torch's) is x itself past 20, where the two agree to rounding."""
+    return imp.unary("softplus")
 
 
 @converter("Equal", "Trilu")
