@@ -11,6 +11,8 @@ from gradcheck import check_gradients, random_params
 from memcheck import peak_bytes
 from test_memory import assert_trainer_matches_value_and_grad
 
+pytestmark = pytest.mark.unformatted
+
 F = torch.nn.functional  # torch: the 'test' extra
 
 

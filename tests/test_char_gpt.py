@@ -10,6 +10,8 @@ import torch
 
 import graphc as gc
 
+pytestmark = pytest.mark.unformatted
+
 F = torch.nn.functional
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -15,6 +15,8 @@ import graphc as gc
 from crafted import npz_with_headers
 from gradcheck import random_params
 
+pytestmark = pytest.mark.unformatted
+
 OPTIMIZERS = {
     "sgd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
     "adam": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.01},

@@ -17,7 +17,8 @@ from test_memory import assert_trainer_matches_value_and_grad
 
 F = torch.nn.functional  # the reference (the test extra pins torch)
 # torch's own note that its 'same' padding of an even kernel copies the input: about torch, not about graphc
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+pytestmark = [pytest.mark.unformatted,
+              pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")]
 
 # op -> the torch reference, called with the operands (torch tensors) and the case's attrs
 REFERENCE = {

@@ -10,7 +10,7 @@ import textwrap
 import graphc as gc
 from gradcheck import check_gradients, random_inputs, random_params
 
-HASH_SEEDS = ("0", "1", "2", "3", "4242", "random")
+HASH_SEEDS = ("0", "1", "random")
 
 # Many names, fan-out, a value used twice by one op, broadcasting in both directions, constants, a shared
 # sub-expression, two losses summed and two outputs: every place where an unordered walk could leak into the text.

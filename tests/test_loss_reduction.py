@@ -7,6 +7,8 @@ import pytest
 
 import graphc as gc
 
+pytestmark = pytest.mark.unformatted
+
 CASES = {
     "mse": (lambda p, y, W: gc.mse(p, y), "mean"),
     "mse sum": (lambda p, y, W: gc.mse(p, y, reduction="sum"), "sum"),

@@ -9,6 +9,8 @@ from memcheck import peak_bytes
 from graphc.schedule import plan_workspace
 from test_adjoint import two_layer
 
+pytestmark = pytest.mark.unformatted
+
 
 def assert_trainer_matches_value_and_grad(mod, params, inputs, steps=3, lr=1e-3):
     """Trainer.step (workspace, in place) against value_and_grad (fresh arrays) + SGD, step after step; both

@@ -10,6 +10,8 @@ import graphc as gc
 from gradcheck import check_gradients
 from graphc.cli import main
 
+pytestmark = pytest.mark.unformatted
+
 
 # ---- frozen params -------------------------------------------------------------------------------------------
 

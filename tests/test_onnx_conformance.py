@@ -30,6 +30,8 @@ import graphc as gc
 from graphc.onnx import importer
 from graphc.errors import GraphcError
 
+pytestmark = pytest.mark.unformatted
+
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 RECORD = Path(__file__).parent / "onnx" / "conformance.txt"
 SUITES = ("pytorch-converted", "pytorch-operator")

@@ -20,6 +20,8 @@ import graphc as gc
 from graphc.cli import main
 from graphc.spec import load_spec
 
+pytestmark = pytest.mark.unformatted
+
 FIXTURES = Path(__file__).parent / "onnx"
 
 OPS_SPEC = """

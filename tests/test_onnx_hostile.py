@@ -17,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphc as gc
 
+pytestmark = pytest.mark.unformatted
+
 FIXTURES = Path(__file__).parent / "onnx"
 REAL = np.array([1.0, 2.0, 3.0], np.float32)
 DECOY = np.array([666.0, 666.0, 666.0], np.float32)

@@ -22,6 +22,8 @@ from graphc.onnx import importer, spec_writer
 from graphc.cli import main
 from graphc.spec import load_spec
 
+pytestmark = pytest.mark.unformatted
+
 FIXTURES = Path(__file__).parent / "onnx"
 BATCHES = (1, 3, 8)
 

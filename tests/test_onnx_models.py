@@ -25,6 +25,8 @@ from torch import nn
 
 from graphc.cli import main
 
+pytestmark = pytest.mark.unformatted
+
 BATCHES = (1, 3, 64)
 RTOL, ATOL = 1e-4, 2e-5  # float32: sums of a few hundred products
 

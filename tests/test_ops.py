@@ -12,6 +12,8 @@ from gradcheck import check_gradients, random_inputs, random_params
 from memcheck import peak_bytes
 from test_memory import assert_trainer_matches_value_and_grad
 
+pytestmark = pytest.mark.unformatted
+
 def log_softmax_ref(x, axis=-1):  # torch.nn.functional.log_softmax: x - log(sum(exp(x)))
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))

@@ -19,6 +19,8 @@ from graphc.cli import compile_spec
 from graphc.sklearn import GraphcClassifier, GraphcRegressor
 from graphc.spec import Spec, load_spec
 
+pytestmark = pytest.mark.unformatted
+
 
 def mlp(n_features, n_outputs, classify):
     """A 16-unit relu MLP sized by the data: the spec function the estimator checks need (their data sets vary)."""

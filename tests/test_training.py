@@ -22,6 +22,8 @@ from graphc import cli
 from gradcheck import random_params
 from memcheck import peak_bytes
 
+pytestmark = pytest.mark.unformatted
+
 RTOL = 1e-10  # two float64 code paths (fused in place vs the reference's fresh arrays): rounding only
 
 
