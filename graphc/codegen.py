@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import keyword
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import black
 import jinja2
+import networkx as nx
 
 from . import fusion, optim
 from .backends import BACKENDS
@@ -126,18 +127,36 @@ class Renderer:
             code = str(into(s.node, out, scratch, *args, **attrs))
         else:
             code = f"{s.node} = {self.expr(s.graph, s.node)}"
-        via = data.get("via")
         return {
             "graph": s.graph,
             "code": code,
             "op": data["op"],
-            "own_array": OPS[data["op"]].own_array,
             "equation": describe(self.graphs["forward"], s.node) if s.graph == "forward" else None,
-            "args": [str(a) for a in operands(graph, s.node)],
+            "note": self.note(s.node) if s.graph == "backward" else None,
             "shape": shape_text(data["shape"]),
-            "wrt": data.get("wrt"),
-            "via": describe(self.graphs["forward"], via) if via is not None else None,
         }
+
+    @cached_property
+    def uses(self) -> tuple[dict, set]:
+        """The forward graph's topological order (node -> index) and the nodes the loss depends on."""
+        G, loss = self.graphs["forward"], self.graphs["backward"].graph["loss"]
+        return {v: i for i, v in enumerate(topo_order(G))}, nx.ancestors(G, loss) | {loss}
+
+    def note(self, v) -> str:
+        """What statement ``v`` of the adjoint graph is: its comment in the generated code and in graphc show."""
+        G, A = self.graphs["forward"], self.graphs["backward"]
+        loss, data = A.graph["loss"], A.nodes[v]
+        wrt, via = data.get("wrt"), data.get("via")
+        if data["op"] == "accumulate":  # one term per use of wrt, in the order the backward visits them
+            order, upstream = self.uses
+            uses = sorted((w for w in G.successors(wrt) if w in upstream), key=order.get, reverse=True)
+            named = " and ".join(describe(G, w) for w in uses[:USES_NAMED])
+            more = f" and {len(uses) - USES_NAMED} more" if len(uses) > USES_NAMED else ""
+            return f"d {loss} / d {wrt}: the sum over its {len(operands(A, v))} uses, via {named}{more}"
+        if OPS[data["op"]].own_array:
+            return f"d {loss} / d {wrt}, as an array of its own"
+        where = f"via {describe(G, via)}" if via is not None else ""
+        return f"d {loss} / d {wrt} {where}".rstrip() if wrt else where
 
 
 def render(sched: Schedule, *, name: str, source: str, command: str, version: str, train=None,
@@ -270,11 +289,11 @@ def trainer_body(sched, r: "Renderer", kernels: dict, rng: str) -> list[dict]:
             body.append(r.statement(p, buffer(p.out), buffer(p.scratch), p.computed_with))
             continue
         skip = len(k.nodes) - 1
-        data = r.graphs[k.graph].nodes[k.nodes[-1]]
-        via = data.get("via")
-        body.append({"graph": k.graph, "op": "fused", "equations": k.equations, "shape": shape_text(data["shape"]),
-                     "wrt": data.get("wrt"), "via": describe(r.graphs["forward"], via) if via is not None else None,
-                     "code": f"{k.nodes[-1]} = {k.name}({', '.join(k.args + [buffer(p.out)])})"})
+        last = k.nodes[-1]
+        body.append({"graph": k.graph, "op": "fused", "equations": k.equations,
+                     "shape": shape_text(r.graphs[k.graph].nodes[last]["shape"]),
+                     "note": r.note(last) if k.graph == "backward" else None,
+                     "code": f"{last} = {k.name}({', '.join(k.args + [buffer(p.out)])})"})
     return body
 
 
@@ -308,6 +327,8 @@ def render_init(data: dict, np_name: str, dtype: str) -> str:
     scale = data.get("scale")
     return str(macro(kind, tuple(data["shape"]), dtype, value, None if scale is None else repr(float(scale))))
 
+
+USES_NAMED = 4  # the uses a sum's note names; the rest are counted
 
 # Modules longer than this go through black one line shape at a time (see format_source): black costs about
 # 0.5 ms per line, and a 10,000-node chain makes a module of 200,000 lines.

@@ -27,8 +27,7 @@ from . import optim
 from .codegen import Renderer, classes_of, compiler_name, compiler_names
 from .errors import CommandError, GraphcError
 from .files import write_atomic
-from .graph import BOOL_DTYPES, INT_DTYPES, concrete, describe, operands, topo_order, trainable_params
-from .ops import OPS
+from .graph import BOOL_DTYPES, INT_DTYPES, concrete, operands, topo_order, trainable_params
 from .schedule import is_statement, value_of
 
 
@@ -56,9 +55,6 @@ class Line:
     grad_of: str | None = None  # the param whose gradient this is, when value_and_grad returns it
 
 
-USES_NAMED = 4  # the uses a sum's note names; the rest are counted
-
-
 class Lines:
     """Turns nodes of the forward graph and the adjoint graph of ``module`` into ``Line``s."""
 
@@ -69,8 +65,6 @@ class Lines:
         names = compiler_names(set(self.G) | set(self.A or ()))
         self.render = Renderer(self.G, self.A, names["np"])
         self.render.mode = {"train": "True", "rng": names["rng"]}  # a training step's equations (Op.modes)
-        self.order = {v: i for i, v in enumerate(topo_order(self.G))}
-        self.upstream = nx.ancestors(self.G, self.loss) | {self.loss} if self.loss is not None else set()
 
     def reads(self, key: str, v) -> list:
         """The variables node ``v`` reads: its operands, looking through inline views (``h.T``) and constants."""
@@ -85,21 +79,10 @@ class Lines:
                     grad_of)
 
     def note(self, key: str, v) -> str:
-        """What a backward statement is: the comment the generated code carries (see templates/module.py.j2)."""
+        """What a statement is: the loss, or the comment a backward statement carries in the generated code."""
         if key == "forward":
             return "the loss" if v == self.loss else ""
-        data = self.A.nodes[v]
-        wrt, via = data.get("wrt"), data.get("via")
-        if data["op"] == "accumulate":  # one term per use of wrt, in the order the backward visits them
-            uses = sorted((w for w in self.G.successors(wrt) if w in self.upstream), key=self.order.get, reverse=True)
-            terms = len(operands(self.A, v))
-            named = " and ".join(describe(self.G, w) for w in uses[:USES_NAMED])
-            more = f" and {len(uses) - USES_NAMED} more" if len(uses) > USES_NAMED else ""
-            return f"d {self.loss} / d {wrt}: the sum over its {terms} uses, via {named}{more}"
-        if OPS[data["op"]].own_array:
-            return f"d {self.loss} / d {wrt}, as an array of its own"
-        where = f"via {describe(self.G, via)}" if via is not None else ""
-        return f"d {self.loss} / d {wrt} {where}".rstrip() if wrt else where
+        return self.render.note(v)
 
     def forward(self, nodes) -> list[Line]:
         return [self.line("forward", v) for v in nodes if is_statement(self.G, v)]

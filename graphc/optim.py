@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from .errors import GraphError
 from .ops import as_float
 
-# kind -> (what a value must be, the check)
+# kind -> (what a value must be, the check). The generated module checks run-time overrides the same way: the
+# macro kind_<kind> in templates/optim.j2 (Trainer's _check_hyperparams in templates/module.py.j2).
 KINDS = {
     "positive": ("a positive finite number", lambda v: is_number(v) and 0 < v < math.inf),
     "nonnegative": ("a finite number >= 0", lambda v: is_number(v) and 0 <= v < math.inf),
     "betas": ("a pair of numbers in [0, 1)", lambda v: isinstance(v, (tuple, list)) and len(v) == 2
               and all(is_number(b) and 0 <= b < 1 for b in v)),
-    "flag": ("true or false", lambda v: isinstance(v, bool)),
+    "flag": ("True or False", lambda v: isinstance(v, bool)),
 }
 
 
@@ -43,6 +44,13 @@ class Optimizer:
 
     def defaults(self) -> dict:
         return {k: default for k, (_, default) in self.hyperparams.items()}
+
+    def by_kind(self) -> dict:
+        """kind -> (what a value must be, the hyperparameters of that kind), in the hyperparameters' order."""
+        kinds = {}
+        for key, (kind, _) in self.hyperparams.items():
+            kinds.setdefault(kind, (KINDS[kind][0], []))[1].append(key)
+        return kinds
 
 
 OPTIMIZERS = {

@@ -16,7 +16,6 @@ from .errors import GraphcError, GraphError, SpecError
 from .files import read_npz, read_regular
 from .optim import OPTIMIZERS
 from .optim import hyperparams as check_hyperparams
-from .ops import OPS
 from .graph import DTYPES, Graph, Namer, Tensor, check_dims, check_name, public_ops
 from .ops import OPS, as_float
 from .training import DEFAULT_ITERATIONS

@@ -307,7 +307,7 @@ def value_and_grad(params, *, train=True, rng=None):
     # f = mul(f_add, f_add_2) -> ()
     f = f_add * f_add_2
     # ---- backward ----
-    # d f / d x: the sum over its 2 uses -> ()
+    # d f / d x: the sum over its 2 uses, via f_add_2 = add(x, z) and f_add = add(x, y) -> ()
     dx = f_add + f_add_2
     return f.item(), {
         "x": dx,
@@ -323,25 +323,15 @@ def _check_hyperparams(hyperparams):
             raise TypeError(
                 f"{OPTIMIZER} has no hyperparameter {key!r} (it has {', '.join(HYPERPARAMS)})"
             )
-        default = HYPERPARAMS[key]
-        if isinstance(default, bool):
-            what, ok = "True or False", isinstance(value, bool)
-        elif isinstance(default, tuple):
-            what = "a pair of numbers in [0, 1)"
-            ok = (
-                isinstance(value, (tuple, list))
-                and len(value) == 2
-                and all(_number(b) and 0 <= b < 1 for b in value)
-            )
-            value = tuple(value) if ok else value
-        elif key == "lr":
-            what, ok = "a positive finite number", _number(value) and 0 < value < float(
-                "inf"
-            )
-        else:
-            what, ok = "a finite number >= 0", _number(value) and 0 <= value < float(
-                "inf"
-            )
+        if key == "lr":
+            what = "a positive finite number"
+            ok = _number(value) and 0 < value < float("inf")
+        elif key in ("momentum", "dampening", "weight_decay"):
+            what = "a finite number >= 0"
+            ok = _number(value) and 0 <= value < float("inf")
+        elif key == "nesterov":
+            what = "True or False"
+            ok = isinstance(value, bool)
         if not ok:
             raise ValueError(
                 f"{OPTIMIZER} hyperparameter {key} must be {what}, got {value!r}"
@@ -419,7 +409,7 @@ class Trainer:
         # f = mul(f_add, f_add_2) -> ()
         f = f_add * f_add_2
         # ---- backward ----
-        # d f / d x: the sum over its 2 uses -> ()
+        # d f / d x: the sum over its 2 uses, via f_add_2 = add(x, z) and f_add = add(x, y) -> ()
         dx = f_add + f_add_2
         # ---- the gradients not computed in their views of the flat gradients, copied there ----
         np.copyto(self._grads["x"], dx)

@@ -365,25 +365,15 @@ def _check_hyperparams(hyperparams):
             raise TypeError(
                 f"{OPTIMIZER} has no hyperparameter {key!r} (it has {', '.join(HYPERPARAMS)})"
             )
-        default = HYPERPARAMS[key]
-        if isinstance(default, bool):
-            what, ok = "True or False", isinstance(value, bool)
-        elif isinstance(default, tuple):
-            what = "a pair of numbers in [0, 1)"
-            ok = (
-                isinstance(value, (tuple, list))
-                and len(value) == 2
-                and all(_number(b) and 0 <= b < 1 for b in value)
-            )
-            value = tuple(value) if ok else value
-        elif key == "lr":
-            what, ok = "a positive finite number", _number(value) and 0 < value < float(
-                "inf"
-            )
-        else:
-            what, ok = "a finite number >= 0", _number(value) and 0 <= value < float(
-                "inf"
-            )
+        if key == "lr":
+            what = "a positive finite number"
+            ok = _number(value) and 0 < value < float("inf")
+        elif key in ("momentum", "dampening", "weight_decay"):
+            what = "a finite number >= 0"
+            ok = _number(value) and 0 <= value < float("inf")
+        elif key == "nesterov":
+            what = "True or False"
+            ok = isinstance(value, bool)
         if not ok:
             raise ValueError(
                 f"{OPTIMIZER} hyperparameter {key} must be {what}, got {value!r}"
