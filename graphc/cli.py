@@ -220,7 +220,7 @@ def run_check(args) -> int:
         raise GraphcError("the spec has no [train] loss: there are no gradients to check")
     mod = module.load()
     try:
-        report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, args.seed),
+        report = explain.check_gradients(mod, mod.init_params(args.seed), explain.check_inputs(module, mod, args.seed),
                                          eps=args.eps, rtol=args.rtol, exhaustive=args.exhaustive, seed=args.seed)
     except MemoryError:
         raise CommandError("not enough memory to run the model at its [dims] sizes: give smaller ones with "

@@ -24,10 +24,10 @@ import networkx as nx
 import numpy as np
 
 from . import optim
-from .codegen import Renderer, classes_of, compiler_name, compiler_names
+from .codegen import Renderer, compiler_name, compiler_names
 from .errors import CommandError, GraphcError
 from .files import write_atomic
-from .graph import BOOL_DTYPES, INT_DTYPES, concrete, operands, topo_order, trainable_params
+from .graph import concrete, operands, topo_order, trainable_params
 from .schedule import is_statement, value_of
 
 
@@ -467,24 +467,16 @@ class CheckReport:
         return not self.problems and all(r.ok for r in self.rows)
 
 
-def check_inputs(module, seed: int) -> dict:
+def check_inputs(module, mod, seed: int) -> dict:
     """Inputs of the spec's shapes (named dimensions at their [dims] sizes) for ``value_and_grad``, keyed by name:
-    standard normal float64 values, and valid class indices for integer inputs. They come from
-    ``np.random.default_rng(seed + 1)``, so they are not the same numbers as ``init_params(seed)``'s."""
-    rng = np.random.default_rng(seed + 1)
+    the generated module's own random inputs (``mod._random_inputs``: standard normal values, valid class indices
+    for integer inputs), drawn from ``np.random.default_rng(seed + 1)``, so not the numbers of
+    ``init_params(seed)``."""
     G, sizes = module.graph, module.graph.graph.get("dims", {})
-    inputs = {}
-    for x in module.schedule.train.inputs:
-        shape = concrete(G.nodes[x]["shape"], sizes, f" of input {x!r}")
-        classes = classes_of(G, x)
-        if G.nodes[x]["dtype"] in INT_DTYPES:
-            high = sizes.get(classes) if isinstance(classes, str) else classes
-            inputs[x] = rng.integers(0, high or 1, shape)
-        elif G.nodes[x]["dtype"] in BOOL_DTYPES:
-            inputs[x] = rng.random(shape) < 0.5
-        else:
-            inputs[x] = rng.standard_normal(shape)
-    return inputs
+    names = module.schedule.train.inputs
+    for x in names:  # a dimension without a size: this one-line error names the input
+        concrete(G.nodes[x]["shape"], sizes, f" of input {x!r}")
+    return dict(zip(names, mod._random_inputs(names, seed + 1)))
 
 
 def check_gradients(mod, params: dict, inputs: dict, eps: float = DEFAULT_EPS, rtol: float = DEFAULT_RTOL, *,

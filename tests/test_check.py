@@ -54,7 +54,7 @@ def check(module, corrupt=None, seed=0):
             return value, corrupt(dict(grads))
 
         mod.value_and_grad = corrupted
-    return explain.check_gradients(mod, mod.init_params(seed), explain.check_inputs(module, seed))
+    return explain.check_gradients(mod, mod.init_params(seed), explain.check_inputs(module, mod, seed))
 
 
 def test_small_net_passes_and_reports_its_errors():
@@ -125,7 +125,7 @@ def test_a_value_and_grad_that_changes_the_params_fails():
     mod.value_and_grad = meddling
     params = mod.init_params(0)
     before = params["W2"].copy()
-    report = explain.check_gradients(mod, params, explain.check_inputs(module, 0))
+    report = explain.check_gradients(mod, params, explain.check_inputs(module, mod, 0))
     assert report.problems == ["value_and_grad changed the params it was given"] and not report.ok
     np.testing.assert_array_equal(params["W2"], before)  # restored, so the differences are taken at init
 
@@ -190,7 +190,7 @@ def test_the_default_check_of_a_large_model_takes_a_few_dozen_losses_per_param(d
     mod = digits.load()
     loss, calls = mod.loss, []
     mod.loss = lambda *a, **kw: calls.append(1) or loss(*a, **kw)
-    report = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(digits, 0))
+    report = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(digits, mod, 0))
     assert report.ok and not report.exhaustive
     by_name = {r.param: r for r in report.rows}
     probes = explain.SAMPLES + explain.DIRECTIONS
@@ -249,8 +249,8 @@ def test_exhaustive_report_counts_every_entry(tmp_path):
 
     module = compile_spec(load_spec(middle_spec(tmp_path)), "middle.toml")
     mod = module.load()
-    report = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(module, 0), exhaustive=True)
+    report = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(module, mod, 0), exhaustive=True)
     assert report.ok and report.exhaustive
     assert [(r.probes, r.directions) for r in report.rows] == [(320, 0), (120, 0)]
-    sampled = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(module, 0))
+    sampled = explain.check_gradients(mod, mod.init_params(0), explain.check_inputs(module, mod, 0))
     assert [(r.probes, r.directions) for r in sampled.rows] == [(35, 3), (35, 3)]
