@@ -174,8 +174,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         return {"inputs": fn.inputs, "params": fn.params, "body": body, "dims": used_dims(dims, body, extra)}
 
     def leaf(v):
-        data = G.nodes[v]
-        return {"name": v, "shape": tuple(data["shape"])}
+        return {"name": v, "shape": tuple(G.nodes[v]["shape"])}
 
     dtype = G.graph["dtype"]
     params = []
