@@ -1,6 +1,7 @@
 """The layout's rules (DESIGN section 17) that a grep can check: what differs per backend lives in its record
 (graphc/backends.py) and its template (templates/backends/<name>.j2), and nowhere else."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -54,3 +55,14 @@ def test_no_list_of_op_names_outside_the_op_table():
                 node.keys if isinstance(node, ast.Dict) else []
             names = [x.value for x in items if isinstance(x, ast.Constant) and x.value in OPS]
             assert len(names) < 2, f"{path.name}:{node.lineno} lists ops {names}"
+
+
+def test_no_function_in_graphc_is_over_60_lines():
+    """Issue 14's rule: a longer function reads better as named helpers."""
+    long = []
+    for path in sorted(GRAPHC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(GRAPHC)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
