@@ -13,6 +13,8 @@ from graphc import explain
 from graphc.cli import main
 from graphc.compiler import CompiledModule
 
+pytestmark = pytest.mark.unformatted
+
 
 def graphc(*args, cwd):
     return subprocess.run([sys.executable, "-m", "graphc", *args], capture_output=True, text=True, cwd=cwd)

@@ -17,6 +17,8 @@ from dask.distributed import Client, LocalCluster
 import graphc as gc
 from graphc.dask import EXTRA_HINT, DataParallelError, DataParallelTrainer
 
+pytestmark = pytest.mark.unformatted
+
 WORKERS = 2
 
 

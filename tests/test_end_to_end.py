@@ -11,6 +11,8 @@ import graphc as gc
 from gradcheck import check_gradients, random_inputs, random_params
 from test_adjoint import two_layer
 
+pytestmark = pytest.mark.unformatted
+
 
 @pytest.fixture(scope="module")
 def two_layer_mod():

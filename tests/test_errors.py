@@ -23,6 +23,8 @@ from graphc import cli
 from graphc.errors import GraphError, ShapeError, SpecError
 from graphc.graph import public_ops
 
+pytestmark = pytest.mark.unformatted
+
 KNOWN_OPS = ", ".join(sorted(public_ops()))  # add, binary_cross_entropy_with_logits, ..., transpose
 PRECIOUS = b"# an earlier, working module\n"
 INPUTS = '[inputs]\nX = [4, 3]\ny = [4, 2]\n'

@@ -23,6 +23,8 @@ from graphc.graph import public_ops
 from crafted import npz_with_headers
 from gradcheck import check_gradients, random_inputs, random_params
 
+pytestmark = pytest.mark.unformatted
+
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 COMPILES = None
 PRECIOUS = b"# an earlier, working module: a failed compile must leave it byte for byte\n"

@@ -9,6 +9,8 @@ import pytest
 
 import graphc as gc
 
+pytestmark = pytest.mark.unformatted
+
 
 @pytest.mark.parametrize("dim", ["dims", "buffers", "inputs", "batched", "step", "n", "hp", "name", "grad"])
 def test_a_dimension_named_like_a_local_of_the_module(dim):

@@ -10,6 +10,8 @@ import pytest
 import graphc as gc
 from graphc.cli import main
 
+pytestmark = pytest.mark.unformatted
+
 
 # ---- graphc show --format json -o FILE.json: refused only over a spec ---------------------------------------------
 
