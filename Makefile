@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python bench/step.py
 	$(BIN)/python bench/classifier.py
 	$(BIN)/python bench/cnn.py
+	$(BIN)/python bench/gpt.py
 	$(BIN)/python bench/compile.py
 
 # The CuPy modules bench/gpu.py checks and times, compiled here (the GPU machine has no black): take the folder

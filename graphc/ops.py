@@ -542,10 +542,10 @@ def erf_scratch(shapes, attrs):
     return [(shapes[-1], None)] * 3 + [(shapes[-1], "bool_")]
 
 
-def gelu_scratch(shapes, attrs):  # erf's and x / sqrt(2); for the tanh form, three arrays
-    if attrs["approximate"] == "tanh":
+def gelu_scratch(shapes, attrs):  # the tanh form's three arrays; the erf form's normal cdf (kept: Op.keeps), then
+    if attrs.get("approximate") == "tanh":  # erf's and x / sqrt(2)
         return [(shapes[-1], None)] * 3
-    return erf_scratch(shapes, attrs) + [(shapes[-1], None)]
+    return [(shapes[-1], None)] + erf_scratch(shapes, attrs) + [(shapes[-1], None)]
 
 
 def clip_check(attrs) -> None:
@@ -566,8 +566,11 @@ def sqrt_vjp(b, v, xs, g):  # g / (2 * y)
     return [b.node("sqrt_grad", g, b.fwd(v))]
 
 
-def gelu_vjp(b, v, xs, g):
-    return [b.node("gelu_grad", g, b.fwd(xs[0]), approximate=b.attrs(v)["approximate"])]
+def gelu_vjp(b, v, xs, g):  # torch's: g * (cdf + x * pdf), the normal's cdf the one the forward computed
+    x = b.fwd(xs[0])
+    if b.attrs(v)["approximate"] == "tanh":
+        return [b.node("gelu_tanh_grad", g, x)]
+    return [b.node("gelu_grad", g, x, b.node("normal_cdf", x, hint=f"{xs[0]}_cdf"))]
 
 
 def silu_vjp(b, v, xs, g):  # g * s * (1 + x * (1 - s)), s = sigmoid(x)
@@ -592,7 +595,7 @@ BOUND = Check(lambda v: v is None or NUMBER.test(v), "a finite number or None", 
 op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), backends=NUMPY_ONLY, onnx="Erf")
 op("sqrt", 1, same_shape, sqrt_vjp, inplace=True, onnx="Sqrt")
 op("gelu", 1, same_shape, gelu_vjp, attrs={"approximate": ("none", "tanh")}, defaults={"approximate": "none"},
-   scratches=gelu_scratch, helpers=("erf",), backends=NUMPY_ONLY)
+   scratches=gelu_scratch, helpers=("erf",), keeps="normal_cdf", backends=NUMPY_ONLY)
 op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)
 op("softplus", 1, same_shape, softplus_vjp, scratches=lambda shapes, attrs: [(shapes[0], "bool_")])
 op("pow", 1, same_shape, pow_vjp, attrs={"exponent": NUMBER}, attr_operands=("exponent",), inplace=True)
@@ -600,7 +603,10 @@ op("clip", 1, clip_shape, clip_vjp, attrs={"min": BOUND, "max": BOUND}, defaults
    attr_operands=("min", "max"), inplace=True, template="clamp")  # ops.j2's `clip` is np.take's mode
 internal("erf_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)
 internal("sqrt_grad", 2, same_shape, inplace=True)
-internal("gelu_grad", 2, same_shape, attrs={"approximate": str}, scratches=gelu_scratch, helpers=("erf",),
+internal("normal_cdf", 1, same_shape, scratches=lambda shapes, attrs: erf_scratch(shapes, attrs) + [(shapes[0], None)],
+         helpers=("erf",), backends=NUMPY_ONLY)  # 0.5 * (1 + erf(x / sqrt(2)))
+internal("gelu_grad", 3, same_shape, backends=NUMPY_ONLY)  # g * (cdf + x * pdf(x))
+internal("gelu_tanh_grad", 2, same_shape, scratches=lambda shapes, attrs: [(shapes[-1], None)] * 3,
          backends=NUMPY_ONLY)
 internal("silu_grad", 2, same_shape, scratch=True)
 internal("softplus_grad", 2, same_shape, inplace=(0,), scratches=lambda shapes, attrs: [(shapes[1], None),

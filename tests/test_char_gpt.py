@@ -1,5 +1,5 @@
 """examples/char_gpt.toml: the character-level GPT takes the same first 5 Adam steps as the same model written in
-PyTorch from the same init (float64), and the example driver trains and samples."""
+PyTorch (bench/gpt.py's torch_loss) from the same init (float64), and the example driver trains and samples."""
 
 import sys
 from pathlib import Path
@@ -12,22 +12,9 @@ import graphc as gc
 
 pytestmark = pytest.mark.unformatted
 
-F = torch.nn.functional
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def torch_loss(p, ids, targets):
-    """The spec's model in PyTorch: pre-norm blocks, causal attention over 4 heads, a GELU MLP."""
-    B, T = ids.shape
-    x = F.embedding(ids, p["tok"]) + p["pos"]
-    for n in (1, 2):
-        a = F.layer_norm(x, (64,), p[f"ln{n}a_w"], p[f"ln{n}a_b"], 1e-5)
-        q, k, v = ((a @ p[f"{w}{n}"]).reshape(B, T, 4, 16).permute(0, 2, 1, 3) for w in "qkv")
-        x = x + (F.scaled_dot_product_attention(q, k, v, is_causal=True) @ p[f"o{n}"]).sum(1)
-        m = F.layer_norm(x, (64,), p[f"ln{n}b_w"], p[f"ln{n}b_b"], 1e-5)
-        x = x + (F.gelu(m @ p[f"fc{n}"] + p[f"fc{n}_b"]) @ p[f"proj{n}"] + p[f"proj{n}_b"])
-    logits = F.layer_norm(x, (64,), p["lnf_w"], p["lnf_b"], 1e-5) @ p["head"]
-    return F.cross_entropy(logits.permute(0, 2, 1), targets)
+sys.path.insert(0, str(EXAMPLES.parent / "bench"))
+from gpt import torch_loss  # noqa: E402  (the model in PyTorch, the reference bench/gpt.py times too)
 
 
 @pytest.fixture(scope="module")
