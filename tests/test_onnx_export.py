@@ -84,6 +84,16 @@ def evaluate(path: Path, feeds: dict) -> dict:
     return {"reference": ReferenceEvaluator(model).run(None, feeds), "onnxruntime": session.run(None, feeds)}
 
 
+def assert_engines_predict(path: Path, feeds: dict, want: tuple, outputs: int) -> None:
+    """Both engines (see evaluate) give the model's ``outputs`` outputs, of ``want``'s shapes and values (float32
+    tolerance)."""
+    for engine, got in evaluate(path, feeds).items():
+        assert len(got) == outputs, engine
+        for a, b in zip(got, want):
+            assert a.shape == b.shape, engine
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=engine)
+
+
 def check_model(path: Path):
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
@@ -180,11 +190,7 @@ def test_conv_and_section_15_ops_export_and_evaluate_to_what_predict_computes(tm
                  "F": rng.standard_normal((n, 6)), "Z": rng.standard_normal((n, 3))}
         feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
         want = as_tuple(mod.predict(params, **feeds))
-        for engine, got in evaluate(tmp_path / "conv_ops.onnx", feeds).items():
-            assert len(got) == 7
-            for a, b in zip(got, want):
-                assert a.shape == b.shape, engine
-                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=engine)
+        assert_engines_predict(tmp_path / "conv_ops.onnx", feeds, want, 7)
     # and back in: the import of the export predicts the same (but for softplus's Where, which import lacks)
     (tmp_path / "again").mkdir()
     spec.write_text(CONV_SPEC.replace('"cut", "rest"]', '"cut"]'))
@@ -354,11 +360,7 @@ def test_section_16_ops_export_and_evaluate_to_what_predict_computes(tmp_path):
         feeds = {"ids": rng.integers(0, 7, (n, 4)).astype(np.int64), "keep": rng.random((n, 4, 6)) < 0.5,
                  "X": rng.standard_normal((n, 2, 5)).astype(np.float32)}
         want = as_tuple(mod.predict(params, **feeds))
-        for engine, got in evaluate(tmp_path / "s16.onnx", feeds).items():
-            assert len(got) == 3
-            for a, b in zip(got, want):
-                assert a.shape == b.shape, engine
-                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=engine)
+        assert_engines_predict(tmp_path / "s16.onnx", feeds, want, 3)
     (tmp_path / "again").mkdir()
     assert main(["import", str(tmp_path / "s16.onnx"), "-o", str(tmp_path / "again" / "m.toml")]) == 0
     text = (tmp_path / "again" / "m.toml").read_text()
