@@ -542,8 +542,9 @@ def erf_scratch(shapes, attrs):
     return [(shapes[-1], None)] * 3 + [(shapes[-1], "bool_")]
 
 
-def gelu_scratch(shapes, attrs):  # the tanh form's three arrays; the erf form's normal cdf (kept: Op.keeps), then
-    if attrs.get("approximate") == "tanh":  # erf's and x / sqrt(2)
+def gelu_scratch(shapes, attrs):
+    """The tanh form's three arrays; the erf form's normal cdf (the kept value: Op.keeps), erf's, x / sqrt(2)."""
+    if attrs["approximate"] == "tanh":
         return [(shapes[-1], None)] * 3
     return [(shapes[-1], None)] + erf_scratch(shapes, attrs) + [(shapes[-1], None)]
 
