@@ -10,10 +10,11 @@ median of its rounds (the best round is printed too):
     graphc   the generated Trainer.step(ids, targets)
     torch    the same model in PyTorch eager (torch.nn.functional, autograd, torch.optim.Adam), as many threads as
              NumPy's BLAS; when torch is importable
-    jax      jax.jit of the whole step, when jax is importable (not in the test extra: said when missing)
+    jax      jax.jit of the whole step (forward, backward, Adam), when jax is importable (not in the test extra:
+             said when missing)
 
-Before timing, a self-test: graphc's loss equals torch's over the first steps from the same init (float64 to
-rounding, float32 to float32 tolerance). Each dtype ends with the ratio that issue 16 set a goal for: graphc /
+Before timing, a self-test: graphc's losses equal torch's (and jax's) over the first steps from the same init
+(float64 to rounding, float32 to float32 tolerance). Each dtype ends with the ratio that issue 16 set a goal for: graphc /
 torch at most 1.0.
 
 Run: .venv/bin/python bench/gpt.py [--dtypes float32,float64] [--rounds 11] [--steps 10] [--threads N] [--quick]
@@ -88,6 +89,61 @@ def torch_steps(model, params, batches, threads):
     return run
 
 
+def jax_steps(model, params, batches, dtype):
+    """A function running the batches through jax.jit of the whole step (forward, backward, Adam), or None."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    hp = model.HYPERPARAMS
+    lr, (b1, b2), eps = hp["lr"], hp["betas"], hp["eps"]
+
+    def layer_norm(x, w, b):
+        mean = x.mean(-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * w + b
+
+    def loss_fn(p, ids, targets):
+        B, T = ids.shape
+        x = p["tok"][ids] + p["pos"]
+        hidden = jnp.triu(jnp.ones((T, T), dtype=bool), 1)
+        for n in (1, 2):
+            a = layer_norm(x, p[f"ln{n}a_w"], p[f"ln{n}a_b"])
+            q, k, v = ((a @ p[f"{w}{n}"]).reshape(B, T, HEADS, WIDTH // HEADS).transpose(0, 2, 1, 3) for w in "qkv")
+            scores = jnp.where(hidden, -jnp.inf, q @ k.transpose(0, 1, 3, 2) / np.sqrt(WIDTH // HEADS))
+            x = x + (jax.nn.softmax(scores, axis=-1) @ v @ p[f"o{n}"]).sum(1)
+            m = layer_norm(x, p[f"ln{n}b_w"], p[f"ln{n}b_b"])
+            x = x + jax.nn.gelu(m @ p[f"fc{n}"] + p[f"fc{n}_b"], approximate=False) @ p[f"proj{n}"] + p[f"proj{n}_b"]
+        log_probs = jax.nn.log_softmax(layer_norm(x, p["lnf_w"], p["lnf_b"]) @ p["head"], axis=-1)
+        return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))
+
+    @jax.jit
+    def update(state, ids, targets):
+        p, m, v, t = state
+        loss, grads = jax.value_and_grad(loss_fn)(p, ids, targets)
+        t = t + 1
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+        p = jax.tree_util.tree_map(
+            lambda p, m, v: p - lr * (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps), p, m, v)
+        return (p, m, v, t), loss
+
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    zeros = {k: jnp.zeros_like(v) for k, v in p.items()}
+    state = [(p, zeros, zeros, jnp.asarray(0, dtype=jnp.int32))]
+    batches = [(jnp.asarray(ids), jnp.asarray(targets)) for ids, targets in batches]
+
+    def run():
+        losses = []
+        for ids, targets in batches:
+            state[0], loss = update(state[0], ids, targets)
+            losses.append(loss)
+        return [float(loss) for loss in losses]
+    return run
+
+
 def variants(dtype: str, steps: int, threads: int):
     model = load(dtype)
     _, data = char_gpt.encode(char_gpt.TEXT.read_text(), model)
@@ -100,14 +156,16 @@ def variants(dtype: str, steps: int, threads: int):
     torch_run = torch_steps(model, params, batches, threads)
     if torch_run is None:
         return runs, ["torch is not installed"]
+    jax_run = jax_steps(model, params, batches, dtype)
     ours, theirs = runs["graphc"](), torch_run()  # the self-test: the same losses from the same init
-    np.testing.assert_allclose(ours, theirs, rtol=1e-10 if dtype == "float64" else 1e-4)
+    rtol = 1e-10 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(ours, theirs, rtol=rtol)
     runs["torch"] = torch_run
-    try:
-        import jax  # noqa: F401
-    except ImportError:
+    if jax_run is None:
         return runs, ["jax is not installed: no jax.jit variant"]
-    return runs, ["jax is installed, but this script has no jax.jit variant of the GPT yet"]
+    np.testing.assert_allclose(jax_run(), ours, rtol=rtol)
+    runs["jax"] = jax_run
+    return runs, []
 
 
 def main(argv=None):
@@ -131,7 +189,8 @@ def main(argv=None):
     rows = []
     for dtype in args.dtypes.split(","):
         runs, notes = variants(dtype, args.steps, threads)
-        print(f"{dtype}: self-test passed (graphc's losses equal torch's)" if "torch" in runs else f"{dtype}:")
+        checked = " and ".join(f"{name}'s" for name in runs if name != "graphc")
+        print(f"{dtype}: self-test passed (graphc's losses equal {checked})" if checked else f"{dtype}:")
         for note in notes:
             print(f"note ({dtype}): {note}")
         times = {name: [] for name in runs}

@@ -69,7 +69,7 @@ def test_cnn_quick():
 def test_gpt_quick():
     result = bench("gpt.py", "--quick")
     assert result.returncode == 0, result.stderr
-    assert "float64: self-test passed (graphc's losses equal torch's)" in result.stdout  # the test extra has torch
+    assert "float64: self-test passed (graphc's losses equal torch's" in result.stdout  # the test extra has torch
     variants = [row.split("|")[2].strip() for row in table(result.stdout, "dtype")]
     assert variants[:2] == ["graphc", "torch"]
     assert "float64: graphc / torch = " in result.stdout
