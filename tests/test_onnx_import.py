@@ -653,3 +653,92 @@ def test_a_constant_condition_folds_to_a_frozen_mask():
     G = imported.graph.nx
     assert imported.graph.params and all(G.nodes[v].get("trainable") is False for v in imported.graph.params)
     assert imported.values[imported.graph.params[0]][0, 3] < -1e37
+
+
+# ---- opset 23's Attention and RMSNormalization, SoftmaxCrossEntropyLoss, Sum and Mean ---------------------------
+
+def opset23(nodes, inputs, outputs, initializers=()):
+    model = make_model(nodes, inputs, outputs, initializers, opset=23)
+    model.ir_version = 10  # opset 23's
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_attention_is_graphcs_attention_in_heads_4d_and_split_from_3d():
+    """4-D q, k, v directly; 3-D (B, S, H * D) split into heads by reshape and transpose and joined back. The value
+    head size differs from the query's; is_causal hides the keys after each query (top-left, as torch's)."""
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1, scale=0.3),
+             helper.make_node("Attention", ["q3", "k3", "v3"], ["y3"], q_num_heads=2, kv_num_heads=2)]
+    shapes = {"q": ["N", 2, 3, 4], "k": ["N", 2, 5, 4], "v": ["N", 2, 5, 6], "q3": ["N", 3, 8], "k3": ["N", 5, 8],
+              "v3": ["N", 5, 6]}
+    model = opset23(nodes, [vi(k, s) for k, s in shapes.items()], [vi("y", ["N", 2, 3, 6]), vi("y3", ["N", 3, 6])])
+    feeds = {k: rng.standard_normal([2] + s[1:]).astype(np.float32) for k, s in shapes.items()}
+    text = spec_of(check_against_reference(model, feeds, rtol=1e-4))
+    assert 'y = "attention(q, k, v, causal=True, scale=0.30000001192092896)"' in text
+    assert "reshape(q3, shape=(N, 3, 2, 4))" in text and "axes=(0, 2, 1, 3)" in text
+
+
+def test_rms_normalization_over_the_last_axis_or_the_axes_from_axis_on():
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("RMSNormalization", ["x", "s"], ["y"], epsilon=1e-3),
+             helper.make_node("RMSNormalization", ["x", "s2"], ["y2"], axis=1)]  # over (3, 4), scale broadcast
+    model = opset23(nodes, [vi("x", ["N", 3, 4])], [vi("y", ["N", 3, 4]), vi("y2", ["N", 3, 4])],
+                    [init("s", rng.standard_normal(4).astype(np.float32)),
+                     init("s2", rng.standard_normal((3, 1)).astype(np.float32))])
+    text = spec_of(check_against_reference(model, {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)},
+                                           rtol=1e-4))
+    assert 'y = "rms_norm(x, s, eps=0.0010000000474974513)"' in text and "reshape(x, shape=(N, 12))" in text
+
+
+def test_softmax_cross_entropy_loss_is_cross_entropy_of_int64_labels():
+    rng = np.random.default_rng(13)
+    nodes = [helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t"], ["loss"], reduction="sum"),
+             helper.make_node("SoftmaxCrossEntropyLoss", ["x2", "t2"], ["loss2"])]
+    model = make_model(nodes, [vi("x", ["N", 3, 4]), vi("t", ["N", 4], TensorProto.INT64), vi("x2", ["N", 5]),
+                               vi("t2", ["N"], TensorProto.INT64)], [vi("loss", []), vi("loss2", [])])
+    onnx.checker.check_model(model, full_check=True)
+    feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32), "t": rng.integers(0, 3, (2, 4)),
+             "x2": rng.standard_normal((2, 5)).astype(np.float32), "t2": rng.integers(0, 5, 2)}
+    text = spec_of(check_against_reference(model, feeds, rtol=1e-5))
+    assert 'loss = "cross_entropy(x, t, reduction=\'sum\')"' in text and 'loss2 = "cross_entropy(x2, t2)"' in text
+
+
+def test_sum_and_mean_are_chains_of_add_broadcasting():
+    rng = np.random.default_rng(14)
+    nodes = [helper.make_node("Sum", ["a", "b", "c"], ["s"]), helper.make_node("Mean", ["a", "b"], ["m"]),
+             helper.make_node("Sum", ["a"], ["one"])]
+    model = make_model(nodes, [vi("a", ["N", 3]), vi("b", [3]), vi("c", [1, 3])],
+                       [vi("s", ["N", 3]), vi("m", ["N", 3]), vi("one", ["N", 3])])
+    onnx.checker.check_model(model, full_check=True)
+    feeds = {"a": rng.standard_normal((2, 3)).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32),
+             "c": rng.standard_normal((1, 3)).astype(np.float32)}
+    text = spec_of(check_against_reference(model, feeds))
+    assert 's = "a + b + c"' in text and 'm = "(a + b) / 2.0"' in text
+
+
+def test_forms_of_attention_rms_normalization_and_cross_entropy_graphc_does_not_compute_are_one_line_errors():
+    qkv = [vi("q", [1, 2, 3, 4]), vi("k", [1, 2, 3, 4]), vi("v", [1, 2, 3, 4])]
+    out = [vi("y", [1, 2, 3, 4])]
+    cases = [
+        (opset23([helper.make_node("Attention", ["q", "k", "v", "m"], ["y"])], qkv + [vi("m", [3, 3])], out),
+         "Attention with 1 inputs past q, k, v (attn_mask"),
+        (opset23([helper.make_node("Attention", ["q", "k", "v"], ["y"], softcap=2.0)], qkv, out),
+         "Attention with softcap=2.0: graphc's attention does not compute it"),
+        (opset23([helper.make_node("Attention", ["q", "k", "v"], ["y"])], qkv[:1] + [vi("k", [1, 1, 3, 4]),
+                                                                                  vi("v", [1, 1, 3, 4])], out),
+         "Attention of 2 query heads and 1 key, 1 value heads (grouped-query attention)"),
+        (opset23([helper.make_node("RMSNormalization", ["x", "s"], ["y"], stash_type=11)], [vi("x", [2, 4])],
+                 [vi("y", [2, 4])], [init("s", np.ones(4, np.float32))]),
+         "RMSNormalization with stash_type=11 (DOUBLE): graphc computes in float32"),
+        (make_model([helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t"], ["z"], reduction="none")],
+                    [vi("x", [2, 3]), vi("t", [2], TensorProto.INT64)], [vi("z", [2])]),
+         "SoftmaxCrossEntropyLoss with reduction='none': graphc's cross_entropy takes 'mean' or 'sum'"),
+        (make_model([helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t", "w"], ["z"])],
+                    [vi("x", [2, 3]), vi("t", [2], TensorProto.INT64), vi("w", [3])], [vi("z", [])]),
+         "SoftmaxCrossEntropyLoss with weights"),
+    ]
+    for model, message in cases:
+        with pytest.raises(gc.GraphcError) as err:
+            gc.from_onnx(model)
+        assert message in str(err.value) and "\n" not in str(err.value)

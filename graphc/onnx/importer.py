@@ -1040,4 +1040,114 @@ def folded_only(imp, node):
     raise GraphError(f"{node.op_type} of a computed value: graphc imports it only on constants (folded at import)")
 
 
+
+# ---- opset 23's Attention and RMSNormalization, SoftmaxCrossEntropyLoss, Sum -----------------------------------
+
+ATTENTION_TAKEN = ("is_causal", "scale", "q_num_heads", "kv_num_heads")  # the attributes graphc computes
+ATTENTION_OFF = {"softcap": 0.0, "qk_matmul_output_mode": 0, "left_window_size": -1, "right_window_size": -1}
+
+
+@converter("Attention")
+def attention(imp, node):
+    """graphc's attention (torch's scaled_dot_product_attention): q, k, v of (B, H, S, D), or (B, S, H * D) with
+    q_num_heads and kv_num_heads, split into heads and joined back. No mask, cache, softcap or grouped heads."""
+    names = imp.inputs(node)
+    extra = [n for n in names[3:] if n]
+    if extra:
+        raise GraphError(f"Attention with {len(extra)} inputs past q, k, v (attn_mask, past_key, past_value, "
+                         "nonpad_kv_seqlen): graphc's attention takes q, k and v only")
+    for a in node.attribute:
+        value = imp.attr(a.name)
+        if a.name not in ATTENTION_TAKEN and ATTENTION_OFF.get(a.name, value) != value or a.name not in (
+                *ATTENTION_TAKEN, *ATTENTION_OFF):  # the others only at their values that turn them off
+            raise GraphError(f"Attention with {a.name}={value}: graphc's attention does not compute it")
+    scale = imp.attr("scale")
+    if scale is not None and not np.float32(scale) > 0:
+        raise GraphError(f"Attention with scale={scale}: graphc's attention takes a positive scale")
+    q, k, v = (imp.tensor(n) for n in names[:3])
+    heads = [imp.attr("q_num_heads"), imp.attr("kv_num_heads")]
+    ranks = {imp.rank(x) for x in (q, k, v)}
+    if ranks == {3} and None not in heads:
+        q, k, v = (split_heads(imp, x, h) for x, h in zip((q, k, v), heads + heads[1:]))
+    elif ranks != {4}:
+        raise GraphError(f"Attention of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: graphc takes "
+                         "4-D (B, H, S, D) or 3-D (B, S, H * D) with q_num_heads and kv_num_heads")
+    if q.shape[1] != k.shape[1] or k.shape[1] != v.shape[1]:
+        raise GraphError(f"Attention of {q.shape[1]} query heads and {k.shape[1]} key, {v.shape[1]} value heads "
+                         "(grouped-query attention): graphc's attention takes as many of each")
+    causal = bool(imp.attr("is_causal", 0))
+    scale = None if scale is None else float(np.float32(scale))
+    if ranks == {4}:
+        return imp.apply("attention", q, k, v, last=True, causal=causal, scale=scale)
+    y = imp.apply("transpose", imp.apply("attention", q, k, v, causal=causal, scale=scale), axes=(0, 2, 1, 3))
+    return imp.apply("reshape", y, last=True, shape=(*y.shape[:2], y.shape[2] * y.shape[3]))
+
+
+def split_heads(imp, x, heads: int) -> Tensor:
+    """(B, S, H * D) -> (B, H, S, D)."""
+    if isinstance(x.shape[2], str) or x.shape[2] % heads:
+        raise GraphError(f"Attention input {tuple(x.shape)} with {heads} heads: its last dimension must be a "
+                         "multiple of the number of heads")
+    x = imp.apply("reshape", x, shape=(x.shape[0], x.shape[1], heads, x.shape[2] // heads))
+    return imp.apply("transpose", x, axes=(0, 2, 1, 3))
+
+
+@converter("RMSNormalization")
+def rms_norm(imp, node):
+    """graphc's rms_norm over the last axis, its scale the weight; over the axes from ``axis`` on, x seen with
+    those axes as one, normalized, seen back and multiplied by the scale (broadcast as ONNX does)."""
+    x, scale = imp.tensor(node.input[0]), imp.tensor(node.input[1])
+    rank, axis, stash = imp.rank(x), int(imp.attr("axis", -1)), imp.attr("stash_type", 1)
+    if FLOAT_TYPES.get(stash) != imp.dtype:
+        raise GraphError(f"RMSNormalization with stash_type={stash} ({imp.type_name(stash)}): graphc computes in "
+                         f"{imp.dtype}")
+    if rank == 0 or not -rank <= axis < rank:
+        raise GraphError(f"RMSNormalization over axis {axis} of a {rank}-D value: out of range")
+    axis, eps = axis % rank, float(np.float32(imp.attr("epsilon", 1e-5)))
+    if axis == rank - 1 and tuple(scale.shape) == (x.shape[-1],):
+        return imp.apply("rms_norm", x, scale, last=True, eps=eps)
+    inner = x.shape[axis:]
+    if any(isinstance(d, str) for d in inner):
+        raise GraphError(f"RMSNormalization of {tuple(x.shape)} over axes {axis} on: graphc normalizes over fixed "
+                         "dimensions")
+    flat = view_as(imp, x, (*x.shape[:axis], int(np.prod(inner, dtype=np.int64))))
+    y = view_as(imp, imp.apply("rms_norm", flat, eps=eps), x.shape)
+    return imp.apply("mul", y, scale, last=True)
+
+
+def view_as(imp, x, shape) -> Tensor:
+    """``x`` seen in ``shape`` (an internal node, or x itself when nothing changes)."""
+    return x if tuple(shape) == tuple(x.shape) else imp.apply("reshape", x, shape=tuple(shape))
+
+
+@converter("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy(imp, node):
+    """graphc's cross_entropy (torch's): scores (N, C, d1, ...) and int64 class indices (N, d1, ...), a graph
+    input, the mean or the sum; no weights, no ignore_index."""
+    reduction = imp.attr("reduction", "mean")
+    if len(node.input) > 2 and node.input[2]:
+        raise GraphError("SoftmaxCrossEntropyLoss with weights: graphc's cross_entropy weighs classes alike")
+    if imp.attr("ignore_index") is not None:
+        raise GraphError(f"SoftmaxCrossEntropyLoss with ignore_index={imp.attr('ignore_index')}: graphc's "
+                         "cross_entropy counts every target")
+    if reduction not in ("mean", "sum"):
+        raise GraphError(f"SoftmaxCrossEntropyLoss with reduction={reduction!r}: graphc's cross_entropy takes "
+                         "'mean' or 'sum'")
+    labels = imp.value(node.input[1])
+    if not isinstance(labels, Tensor):
+        raise GraphError(f"SoftmaxCrossEntropyLoss's labels {node.input[1]!r} must be an int64 graph input, not a "
+                         "constant")
+    return imp.apply("cross_entropy", imp.tensor(node.input[0]), labels, last=True, reduction=reduction)
+
+
+@converter("Sum", "Mean")
+def sum_(imp, node):
+    """A chain of add, broadcasting as ONNX's Sum does (one operand: itself); Mean divides it by their number."""
+    terms = [imp.tensor(n) for n in node.input]
+    mean = node.op_type == "Mean" and len(terms) > 1
+    total = terms[0]
+    for i, x in enumerate(terms[1:], start=2):
+        total = imp.apply("add", total, x, last=i == len(terms) and not mean)
+    return imp.apply("div", total, float(len(terms)), last=True) if mean else total
+
 SUPPORTED = tuple(CONVERTERS)  # the ONNX op types graphc imports (the measuring scripts in tools/ read it)
