@@ -1040,7 +1040,6 @@ def folded_only(imp, node):
     raise GraphError(f"{node.op_type} of a computed value: graphc imports it only on constants (folded at import)")
 
 
-
 # ---- opset 23's Attention and RMSNormalization, SoftmaxCrossEntropyLoss, Sum -----------------------------------
 
 ATTENTION_TAKEN = ("is_causal", "scale", "q_num_heads", "kv_num_heads")  # the attributes graphc computes
@@ -1056,10 +1055,9 @@ def attention(imp, node):
     if extra:
         raise GraphError(f"Attention with {len(extra)} inputs past q, k, v (attn_mask, past_key, past_value, "
                          "nonpad_kv_seqlen): graphc's attention takes q, k and v only")
-    for a in node.attribute:
+    for a in node.attribute:  # the others only at the values that turn them off
         value = imp.attr(a.name)
-        if a.name not in ATTENTION_TAKEN and ATTENTION_OFF.get(a.name, value) != value or a.name not in (
-                *ATTENTION_TAKEN, *ATTENTION_OFF):  # the others only at their values that turn them off
+        if a.name not in ATTENTION_TAKEN and (a.name not in ATTENTION_OFF or ATTENTION_OFF[a.name] != value):
             raise GraphError(f"Attention with {a.name}={value}: graphc's attention does not compute it")
     scale = imp.attr("scale")
     if scale is not None and not np.float32(scale) > 0:
@@ -1149,5 +1147,6 @@ def sum_(imp, node):
     for i, x in enumerate(terms[1:], start=2):
         total = imp.apply("add", total, x, last=i == len(terms) and not mean)
     return imp.apply("div", total, float(len(terms)), last=True) if mean else total
+
 
 SUPPORTED = tuple(CONVERTERS)  # the ONNX op types graphc imports (the measuring scripts in tools/ read it)
