@@ -775,18 +775,33 @@ def embedding_vjp(b, v, xs, g):  # the rows of g added into each id's row of d w
     return [None, b.node("embedding_grad", g, b.fwd(ids), shape=tuple(b.shape(weight)))]
 
 
+ONE_HOT = 4  # a vocabulary of at most ONE_HOT * D ids: Trainer.step's d weight as one-hot(ids)^T @ g
+
+
+def one_hot(attrs) -> bool:
+    """Whether Trainer.step writes d weight as a matrix product of a one-hot array (kept in the workspace, no larger
+    than ONE_HOT times g; the pure form and a larger vocabulary use np.bincount, which allocates its result)."""
+    V, D = attrs["shape"]
+    return V <= ONE_HOT * D
+
+
 def embedding_grad_attrs(shapes, attrs, dtype=None, into=False):
     V, D = attrs["shape"]  # np.bincount sums in float64: cast back for another dtype
-    return {**attrs, "V": V, "D": D, "size": V * D, "cast": None if dtype == "float64" else dtype}
+    pure = {**attrs, "V": V, "D": D, "size": V * D, "cast": None if dtype == "float64" else dtype}
+    return {**pure, "one_hot": one_hot(attrs)} if into else pure
 
 
-def embedding_grad_scratch(shapes, attrs):  # each element's flat index in d weight, and the columns 0..D-1
+def embedding_grad_scratch(shapes, attrs):
+    """The one-hot (V, *ids) array and each id's flat index in it; or each element's flat index in d weight, and
+    the columns 0..D-1 (np.bincount)."""
+    if one_hot(attrs):
+        return [((attrs["shape"][0], *shapes[1]), None), (shapes[1], "int64")]
     return [(shapes[0], "int64"), ((attrs["shape"][1],), "int64")]
 
 
 op("embedding", 2, embedding_shape, embedding_vjp, int_operands=(0,), classes=(1, 0))  # weight.take(ids, axis=0)
 internal("embedding_grad", 2, attr_shape, attrs={"shape": tuple}, template_attrs=embedding_grad_attrs,
-         scratches=embedding_grad_scratch)  # np.bincount over flat indices: no np.add.at
+         scratches=embedding_grad_scratch)  # np.bincount over flat indices, or a one-hot product: no np.add.at
 
 
 def where_shape(shapes, attrs, ints=()):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import graphc as gc
+from graphc import ops
 from gradcheck import check_gradients, random_params
-from memcheck import peak_bytes
 from test_memory import assert_trainer_matches_value_and_grad
 
 pytestmark = pytest.mark.unformatted
@@ -94,8 +94,9 @@ def test_matmul_transpose_bad_input_is_one_line_naming_the_node(tmp_path, expr, 
 # ---- embedding ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ids_shape", [(5,), (2, 3), (2, 3, 4), ()])
-def test_embedding_equals_torch(ids_shape):
-    V, D = 6, 3
+@pytest.mark.parametrize("V, D", [(6, 3), (20, 3)])  # Trainer.step's one-hot product (ops.one_hot), np.bincount
+def test_embedding_equals_torch(ids_shape, V, D):
+    assert ops.one_hot({"shape": (V, D)}) == (V == 6)
     g = gc.Graph("emb")
     ids = g.input("ids", ids_shape, dtype="int64")
     out = gc.embedding(ids, g.param("W", (V, D)), name="out")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import graphc as gc
+from memcheck import peak_bytes
 
 pytestmark = pytest.mark.unformatted
 
@@ -54,3 +55,17 @@ def test_driver_trains_and_samples(capsys):
     assert len(losses) == 4 and losses[-1] < losses[0] - 1.0  # from about ln(80) down
     sample = out.split("--- sampled, temperature 0.5 ---\n")[1]
     assert len(sample.rstrip("\n")) >= 40
+
+
+def test_a_step_allocates_no_array(model):
+    """Issue 16: on a seen batch size, Trainer.step allocates no array (NumPy's iteration buffers, bounded by
+    bufsize, aside): the embedding's gradient is a product with a one-hot array kept in the workspace, not
+    np.bincount's new (80, 64) array of 40,960 bytes."""
+    sys.path.insert(0, str(EXAMPLES))
+    import char_gpt
+
+    _, data = char_gpt.encode((EXAMPLES / "sonnets.txt").read_text(), model)
+    ids, targets = char_gpt.batch(data, np.random.default_rng(0), model.BATCH_SIZE, 32)
+    trainer = model.Trainer(model.init_params(0))
+    trainer.step(ids, targets)  # the first step on a size allocates its workspace
+    assert peak_bytes(lambda: trainer.step(ids, targets), bufsize=16) < 10_000
