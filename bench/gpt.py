@@ -153,19 +153,13 @@ def variants(dtype: str, steps: int, threads: int):
     params = model.init_params(0)
     trainer = model.Trainer({k: v.copy() for k, v in params.items()})
     runs = {"graphc": lambda: [trainer.step(ids, targets) for ids, targets in batches]}
-    torch_run = torch_steps(model, params, batches, threads)
-    if torch_run is None:
-        return runs, ["torch is not installed"]
-    jax_run = jax_steps(model, params, batches, dtype)
-    ours, theirs = runs["graphc"](), torch_run()  # the self-test: the same losses from the same init
-    rtol = 1e-10 if dtype == "float64" else 1e-4
-    np.testing.assert_allclose(ours, theirs, rtol=rtol)
-    runs["torch"] = torch_run
-    if jax_run is None:
-        return runs, ["jax is not installed: no jax.jit variant"]
-    np.testing.assert_allclose(jax_run(), ours, rtol=rtol)
-    runs["jax"] = jax_run
-    return runs, []
+    others = {"torch": torch_steps(model, params, batches, threads), "jax": jax_steps(model, params, batches, dtype)}
+    ours = runs["graphc"]()  # the self-test: the same losses from the same init
+    for name, run in others.items():
+        if run is not None:
+            np.testing.assert_allclose(run(), ours, rtol=1e-10 if dtype == "float64" else 1e-4, err_msg=name)
+            runs[name] = run
+    return runs, [f"{name} is not installed: no {name} variant" for name, run in others.items() if run is None]
 
 
 def main(argv=None):

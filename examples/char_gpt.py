@@ -1,6 +1,6 @@
 """Train the character-level GPT of examples/char_gpt.toml on examples/sonnets.txt, then sample text from it.
 
-Run with `make gpt`, or: .venv/bin/python examples/char_gpt.py [--steps N] [--seed S] [--temperature T]
+Run with `make gpt`, or: .venv/bin/python examples/char_gpt.py [--steps N] [--log-every N] [--seed S] [--temperature T]
 [--length L] [--sample-seed S].
 
 The text is fourteen-line sonnets of William Shakespeare (1609, public domain). Each step trains with Adam on a
@@ -59,7 +59,7 @@ def sample(model, params, prompt, length, chars, temperature, rng):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600, help="Adam steps (default 600)")
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=50, help="print the loss every N steps (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="for init_params and the batches")
     parser.add_argument("--temperature", type=float, default=0.8, help="below 1: safer text; above: wilder")
     parser.add_argument("--length", type=int, default=300, help="characters to sample")
