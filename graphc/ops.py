@@ -366,12 +366,32 @@ def matmul_vjp(b, v, xs, g):
         Y = b.node("reshape", Y, shape=(*b.shape(y), 1), hint=f"{y}_column") if one_y else Y
         lifted = b.shape(g)[:-1] + (1,) + b.shape(g)[-1:] if one_x else b.shape(g) + (1,)
         g = b.node("reshape", g, shape=lifted, hint=f"d{v}_lifted")
-    dx, dy = b.matmul(g, b.T(Y)), b.matmul(b.T(X), g)
+    dx = b.matmul(g, b.T(Y))
+    if not (one_x or one_y) and len(b.shape(x)) > 2 and rows_product(b, X, Y, g):
+        dy = b.node("matmul_rows", X, g)  # a (..., K) @ (K, N) layer: every row in one (K, N) product
+    else:
+        dy = b.matmul(b.T(X), g)
     if one_x:  # (..., 1, k): the row's axis dropped again
         dx = b.node("reshape", dx, shape=b.shape(dx)[:-2] + b.shape(dx)[-1:], hint=f"d{x}_rows")
     if one_y:  # (..., k, 1)
         dy = b.node("reshape", dy, shape=b.shape(dy)[:-1], hint=f"d{y}_columns")
     return [b.unbroadcast(dx, x), b.unbroadcast(dy, y)]
+
+
+def rows_product(b, X, Y, g) -> bool:
+    """Whether d Y of ``X @ Y`` may be written as one product over the rows of X and g (matmul_rows): Y a matrix
+    of fixed sizes, X and g arrays of their own (not views, not inputs), which NumPy reshapes without a copy."""
+    def own(v):
+        data = b.A.nodes[v]
+        if data["op"] == "forward":
+            return b.G.nodes[v]["op"] != "input"
+        return not (data["op"] in OPS and OPS[data["op"]].inline)
+    shape = b.shape(Y)
+    return len(shape) == 2 and all(isinstance(d, int) for d in shape) and own(X) and own(g)
+
+
+def matmul_rows_attrs(shapes, attrs, dtype=None, into=False):
+    return {"K": shapes[0][-1], "N": shapes[1][-1]}
 
 
 def relu_vjp(b, v, xs, g):
@@ -525,6 +545,8 @@ internal("cross_entropy_grad", 3, lambda shapes, attrs: shapes[1], attrs={"indic
 internal("bce_grad", 3, lambda shapes, attrs: shapes[1], inplace=(1,))  # (sigmoid(x) - t) * scale: over x, not t
 internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
          template_attrs=broadcast_template)  # a reduction's gradient
+internal("matmul_rows", 2, lambda shapes, attrs: (shapes[0][-1], shapes[1][-1]),
+         template_attrs=matmul_rows_attrs)  # x (..., K), g (..., N) -> x^T g over every row: (K, N)
 internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
          template_attrs=sum_to_template)  # unbroadcast g back to ``shape``
 internal("accumulate", None, same_shape, inplace=True,

@@ -75,6 +75,24 @@ def test_transpose_with_axes_is_a_view_equal_to_torch(axes):
     against_torch(g, loss, out, params, (w,), reference)
 
 
+@pytest.mark.parametrize("lead", [(2, 3), (2, 3, 2)])
+def test_a_layer_over_leading_axes_gets_its_weight_gradient_in_one_product(lead):
+    """(..., K) @ (K, N) where x and the output's gradient are arrays of their own: d W is one (K, N) product over
+    every row (ops.matmul_rows), not a product per leading index and their sum."""
+    g = gc.Graph("layer")
+    h = gc.tanh(g.input("x", (*lead, 4)), name="h")
+    out = gc.matmul(h, g.param("W", (4, 3)), name="out")
+    loss = gc.mse(out, g.input("y", out.shape), reduction="sum", name="loss")
+    assert "matmul_rows" in {op for _, op in gc.compile(g, loss=loss).adjoint.nodes(data="op")}
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((*lead, 4)), rng.standard_normal(out.shape)
+
+    def reference(ps, xs):
+        o = torch.tanh(xs[0]) @ ps["W"]
+        return o, torch.sum((o - xs[1]) ** 2)
+    against_torch(g, loss, out, random_params(gc.compile(g, loss=loss).load()), (x, y), reference, predict_inputs=(x,))
+
+
 @pytest.mark.parametrize("expr, message", [
     ("transpose(X, axes=(0, 0, 1))", "transpose axes (0, 0, 1) are not a permutation of the 3 axes of (2, 4, 3)"),
     ("transpose(X)", "transpose needs a 2-D operand, got (2, 4, 3) (or axes=(...))"),
