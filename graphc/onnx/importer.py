@@ -563,14 +563,9 @@ def log_softmax(imp, node):
     return imp.unary("log_softmax", axis=int(imp.attr("axis", -1)))
 
 
-@converter("ReduceSum")
-def reduce_sum(imp, node):
-    return imp.reduce(node, "sum")
-
-
-@converter("ReduceMean")
-def reduce_mean(imp, node):
-    return imp.reduce(node, "mean")
+@converter("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")
+def reduce(imp, node):
+    return imp.reduce(node, node.op_type[len("Reduce"):].lower())  # graphc's sum, mean, max, min
 
 
 @converter("Transpose")
@@ -745,16 +740,6 @@ def layer_norm(imp, node):
             raise GraphError(f"LayerNormalization's scale or bias of shape {w_shape}: graphc takes them 1-D")
     eps = float(np.float32(imp.attr("epsilon", 1e-5)))
     return imp.apply("layer_norm", x, *operands, last=True, eps=eps)
-
-
-@converter("ReduceMax")
-def reduce_max(imp, node):
-    return imp.reduce(node, "max")
-
-
-@converter("ReduceMin")
-def reduce_min(imp, node):
-    return imp.reduce(node, "min")
 
 
 # ---- concat and slice ----------------------------------------------------------------------------------------
