@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -46,6 +44,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from graphc import cli  # noqa: E402
+from timing import fmt, interleaved, jax_adam, print_table  # noqa: E402
 
 SIZES = {"small": (64, 32), "wide": (256, 128)}  # hidden units, batch size
 D, C = 64, 10
@@ -278,21 +277,9 @@ def jax_epoch(H, batch, dtype, params, X, y):
         log_probs = jax.nn.log_softmax(h @ p["W2"] + p["b2"], axis=1)
         return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
 
-    @jax.jit
-    def update(state, X, y, idx):  # the batch is gathered inside the jitted step (one trace per batch size)
-        p, m, v, t = state
-        loss, grads = jax.value_and_grad(loss_fn)(p, X[idx], y[idx])
-        t = t + 1
-        b1, b2 = BETAS
-        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
-        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
-        p = jax.tree_util.tree_map(
-            lambda p, m, v: p - LR * (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + EPS), p, m, v)
-        return (p, m, v, t), loss
-
-    p = {k: jnp.asarray(v) for k, v in params.items()}
-    zeros = {k: jnp.zeros_like(v) for k, v in p.items()}
-    state = [(p, zeros, zeros, jnp.asarray(0, dtype=jnp.int32))]
+    # the batch is gathered inside the jitted step (one trace per batch size)
+    update, start = jax_adam(lambda p, X, y, idx: loss_fn(p, X[idx], y[idx]), params, LR, BETAS, EPS)
+    state = [start]
     jX, jy = jnp.asarray(X), jnp.asarray(y)
     rng = np.random.default_rng(0)
 
@@ -349,16 +336,6 @@ def check_agreement(mod, params, X, y, batch, dtype):
                                        err_msg=f"graphc vs {name}: {k}")
 
 
-def time_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def fmt(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="small,wide")
@@ -382,23 +359,14 @@ def main(argv=None):
                     print(f"note ({size}, {dtype}): {note}")
                 for fn in epochs.values():  # warm up: first calls allocate workspaces, jit compiles
                     fn()
-                times = {name: [] for name in epochs}
-                for _ in range(args.rounds):
-                    for name, fn in epochs.items():
-                        times[name].append(time_once(fn))
-                median = {name: statistics.median(t) for name, t in times.items()}
-                best = {name: min(t) for name, t in times.items()}
+                median, best = interleaved(epochs, args.rounds)
                 for name, t in median.items():
                     rows.append((f"64-{H}-10, batch {batch}", dtype, name, fmt(t), f"{t / median['graphc']:.2f}",
                                  fmt(best[name]), f"{best[name] / best['graphc']:.2f}"))
                 print(f"{size} {dtype}: graphc / numpy-inplace = {median['graphc'] / median['numpy-inplace']:.2f} "
                       f"(issue 8's goal: <= 1.05), graphc / numpy = {median['graphc'] / median['numpy']:.2f} "
                       "(issue 17's goal at the small size: <= 0.75)")
-    print()
-    print("| model | dtype | variant | epoch (median) | x graphc | epoch (best) | x graphc (best) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(["model", "dtype", "variant", "epoch (median)", "x graphc", "epoch (best)", "x graphc (best)"], rows)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ import argparse
 import importlib.util
 import os
 import re
-import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -49,6 +47,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from graphc import cli  # noqa: E402
+from timing import blas_threads, fmt, interleaved, jax_adam, print_table  # noqa: E402
 
 SPEC = ROOT / "examples" / "digits_cnn.toml"
 BATCH, C = 32, 10
@@ -264,19 +263,6 @@ def torch_forward(torch, p, X):
     return h.flatten(1) @ p["W3"] + p["b3"]
 
 
-def blas_threads(limit=None):
-    """NumPy's BLAS threads (limited to ``limit`` first, with threadpoolctl when it is importable)."""
-    try:
-        import threadpoolctl
-    except ImportError:
-        names = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
-        return limit or int(next((os.environ[k] for k in names if k in os.environ), os.cpu_count()))
-    if limit:
-        threadpoolctl.threadpool_limits(limit, user_api="blas")
-    found = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
-    return max(found, default=limit or os.cpu_count())
-
-
 def torch_epoch(params, lr, X, y, threads):
     try:
         import torch
@@ -320,21 +306,8 @@ def jax_epoch(params, lr, dtype, X, y):
         log_probs = jax.nn.log_softmax(h.reshape(len(y), -1) @ p["W3"] + p["b3"], axis=1)
         return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
 
-    @jax.jit
-    def update(state, X, y, idx):
-        p, m, v, t = state
-        loss, grads = jax.value_and_grad(loss_fn)(p, X[idx], y[idx])
-        t = t + 1
-        b1, b2 = BETAS
-        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
-        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
-        p = jax.tree_util.tree_map(
-            lambda p, m, v: p - lr * (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + EPS), p, m, v)
-        return (p, m, v, t), loss
-
-    p = {k: jnp.asarray(v) for k, v in params.items()}
-    zeros = {k: jnp.zeros_like(v) for k, v in p.items()}
-    state = [(p, zeros, zeros, jnp.asarray(0, dtype=jnp.int32))]
+    update, start = jax_adam(lambda p, X, y, idx: loss_fn(p, X[idx], y[idx]), params, lr, BETAS, EPS)
+    state = [start]
     jX, jy = jnp.asarray(X), jnp.asarray(y)
     rng = np.random.default_rng(0)
 
@@ -411,16 +384,6 @@ def variants(dtype, directory, rows, threads):
     return found, notes
 
 
-def time_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def fmt(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", default="float32,float64")
@@ -448,12 +411,7 @@ def main(argv=None):
                 print(f"note ({dtype}): {note}")
             for fn in epochs.values():  # warm up: first calls allocate workspaces, jit compiles
                 fn()
-            times = {name: [] for name in epochs}
-            for _ in range(args.rounds):
-                for name, fn in epochs.items():
-                    times[name].append(time_once(fn))
-            median = {name: statistics.median(t) for name, t in times.items()}
-            best = {name: min(t) for name, t in times.items()}
+            median, best = interleaved(epochs, args.rounds)
             for name, t in median.items():
                 rows.append((dtype, name, fmt(t), f"{t / median['graphc']:.2f}", fmt(best[name]),
                              f"{best[name] / best['graphc']:.2f}"))
@@ -461,11 +419,7 @@ def main(argv=None):
             if "torch" in median:
                 line += f", graphc / torch = {median['graphc'] / median['torch']:.2f}"
             print(line + " (issue 15's goals: <= 1.0)")
-    print()
-    print("| dtype | variant | epoch (median) | x graphc | epoch (best) | x graphc (best) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(["dtype", "variant", "epoch (median)", "x graphc", "epoch (best)", "x graphc (best)"], rows)
 
 
 if __name__ == "__main__":

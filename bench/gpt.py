@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(Path(__file__).resolve().parent)]
 import char_gpt  # noqa: E402
-from cnn import blas_threads, fmt, time_once  # noqa: E402
+from timing import blas_threads, fmt, interleaved, jax_adam, print_table  # noqa: E402
 from graphc import cli  # noqa: E402
 
 WIDTH, HEADS = 64, 4
@@ -99,7 +98,6 @@ def jax_steps(model, params, batches, dtype):
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     hp = model.HYPERPARAMS
-    lr, (b1, b2), eps = hp["lr"], hp["betas"], hp["eps"]
 
     def layer_norm(x, w, b):
         mean = x.mean(-1, keepdims=True)
@@ -119,20 +117,8 @@ def jax_steps(model, params, batches, dtype):
         log_probs = jax.nn.log_softmax(layer_norm(x, p["lnf_w"], p["lnf_b"]) @ p["head"], axis=-1)
         return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))
 
-    @jax.jit
-    def update(state, ids, targets):
-        p, m, v, t = state
-        loss, grads = jax.value_and_grad(loss_fn)(p, ids, targets)
-        t = t + 1
-        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
-        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
-        p = jax.tree_util.tree_map(
-            lambda p, m, v: p - lr * (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps), p, m, v)
-        return (p, m, v, t), loss
-
-    p = {k: jnp.asarray(v) for k, v in params.items()}
-    zeros = {k: jnp.zeros_like(v) for k, v in p.items()}
-    state = [(p, zeros, zeros, jnp.asarray(0, dtype=jnp.int32))]
+    update, start = jax_adam(loss_fn, params, hp["lr"], hp["betas"], hp["eps"])
+    state = [start]
     batches = [(jnp.asarray(ids), jnp.asarray(targets)) for ids, targets in batches]
 
     def run():
@@ -187,22 +173,13 @@ def main(argv=None):
         print(f"{dtype}: self-test passed (graphc's losses equal {checked})" if checked else f"{dtype}:")
         for note in notes:
             print(f"note ({dtype}): {note}")
-        times = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                times[name].append(time_once(fn))
-        median = {name: statistics.median(t) for name, t in times.items()}
-        best = {name: min(t) for name, t in times.items()}
+        median, best = interleaved(runs, args.rounds)
         for name, t in median.items():
             rows.append((dtype, name, fmt(t / args.steps), f"{t / median['graphc']:.2f}", fmt(best[name] / args.steps),
                          f"{best[name] / best['graphc']:.2f}"))
         if "torch" in median:
             print(f"{dtype}: graphc / torch = {median['graphc'] / median['torch']:.2f} (issue 16's goal: <= 1.0)")
-    print()
-    print("| dtype | variant | step (median) | x graphc | step (best) | x graphc (best) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(["dtype", "variant", "step (median)", "x graphc", "step (best)", "x graphc (best)"], rows)
 
 
 if __name__ == "__main__":
