@@ -825,13 +825,17 @@ def conv_padding(geo, kernel, what: str):
                      "(or as padding='same')")
 
 
-@converter("Conv")
-def conv(imp, node):
+def conv_operands(imp, node):
+    """A Conv's or ConvTranspose's x, weight, bias (a list of none or one), kernel and window geometry."""
     names = imp.inputs(node, 3)
     x, w = imp.tensor(names[0]), imp.tensor(names[1])
-    bias = [imp.tensor(names[2])] if names[2] else []
     kernel = tuple(w.shape[2:])
-    geo = spatial(imp, x, kernel, "Conv")
+    return x, w, [imp.tensor(names[2])] if names[2] else [], kernel, spatial(imp, x, kernel, node.op_type)
+
+
+@converter("Conv")
+def conv(imp, node):
+    x, w, bias, kernel, geo = conv_operands(imp, node)
     padding, groups = conv_padding(geo, kernel, "Conv"), int(imp.attr("group", 1))
     if len(kernel) == 2:
         return imp.apply("conv2d", x, w, *bias, last=True, stride=tuple(geo["strides"]), padding=padding,
@@ -870,11 +874,7 @@ def transpose_padding(imp, geo, kernel):
 
 @converter("ConvTranspose")
 def conv_transpose(imp, node):
-    names = imp.inputs(node, 3)
-    x, w = imp.tensor(names[0]), imp.tensor(names[1])
-    bias = [imp.tensor(names[2])] if names[2] else []
-    kernel = tuple(w.shape[2:])
-    geo = spatial(imp, x, kernel, "ConvTranspose")
+    x, w, bias, kernel, geo = conv_operands(imp, node)
     padding, extra = transpose_padding(imp, geo, kernel)
     groups = int(imp.attr("group", 1))
     if len(kernel) == 2:
