@@ -16,6 +16,16 @@ pytestmark = pytest.mark.unformatted
 F = torch.nn.functional  # torch: the 'test' extra
 
 
+def assert_spec_error(tmp_path, text: str, message: str) -> None:
+    """A spec whose node ``bad`` is wrong: load_spec says ``message`` in one line naming the node."""
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    with pytest.raises(gc.GraphcError) as err:
+        gc.load_spec(spec)
+    text = str(err.value)
+    assert message in text and "bad" in text and "\n" not in text
+
+
 def against_torch(g, loss, out, params, inputs, torch_fn, predict_inputs=(), rtol=1e-13):
     """The module's output (predict on ``predict_inputs``), loss and gradients against ``torch_fn(params as
     tensors, inputs as tensors)`` -> (out, loss); then central differences, and Trainer.step against
@@ -100,13 +110,8 @@ def test_a_layer_over_leading_axes_gets_its_weight_gradient_in_one_product(lead)
     ("X @ V", "shapes (2,) and (5,) do not broadcast"),
 ])
 def test_matmul_transpose_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
-    spec = tmp_path / "bad.toml"
-    spec.write_text(f'[inputs]\nX = [2, 4, 3]\n[params]\nV = {{ shape = [5, 3, 2] }}\n[nodes]\nbad = "{expr}"\n'
-                    '[train]\nloss = "bad"\n')
-    with pytest.raises(gc.GraphcError) as err:
-        gc.load_spec(spec)
-    text = str(err.value)
-    assert message in text and "bad" in text and "\n" not in text
+    assert_spec_error(tmp_path, '[inputs]\nX = [2, 4, 3]\n[params]\nV = { shape = [5, 3, 2] }\n[nodes]\n'
+                      f'bad = "{expr}"\n[train]\nloss = "bad"\n', message)
 
 
 # ---- embedding ---------------------------------------------------------------------------------------------
@@ -169,14 +174,9 @@ def test_embedding_id_out_of_range_is_a_value_error_naming_the_input():
     ("mse(ids, X)", "ids is an integer input"),
 ])
 def test_embedding_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
-    spec = tmp_path / "bad.toml"
-    spec.write_text('[inputs]\nX = [4, 3]\nids = { shape = [4, 3], dtype = "int64" }\n[params]\n'
-                    f'V = {{ shape = [5, 3, 2] }}\nW = {{ shape = [5, 3] }}\n[nodes]\nbad = "{expr}"\n'
-                    '[train]\nloss = "bad"\n')
-    with pytest.raises(gc.GraphcError) as err:
-        gc.load_spec(spec)
-    text = str(err.value)
-    assert message in text and "bad" in text and "\n" not in text
+    assert_spec_error(tmp_path, '[inputs]\nX = [4, 3]\nids = { shape = [4, 3], dtype = "int64" }\n[params]\n'
+                      f'V = {{ shape = [5, 3, 2] }}\nW = {{ shape = [5, 3] }}\n[nodes]\nbad = "{expr}"\n'
+                      '[train]\nloss = "bad"\n', message)
 
 
 # ---- where -------------------------------------------------------------------------------------------------
@@ -217,13 +217,8 @@ def test_where_with_a_constant_branch_and_its_input_checks():
     ("mse(m, X)", "m is a boolean input: only the condition of where may be boolean"),
 ])
 def test_where_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
-    spec = tmp_path / "bad.toml"
-    spec.write_text('[inputs]\nX = [4, 3]\nm = { shape = [4, 3], dtype = "bool" }\n[nodes]\n'
-                    f'bad = "{expr}"\n[train]\nloss = "bad"\n')
-    with pytest.raises(gc.GraphcError) as err:
-        gc.load_spec(spec)
-    text = str(err.value)
-    assert message in text and "bad" in text and "\n" not in text
+    assert_spec_error(tmp_path, '[inputs]\nX = [4, 3]\nm = { shape = [4, 3], dtype = "bool" }\n[nodes]\n'
+                      f'bad = "{expr}"\n[train]\nloss = "bad"\n', message)
 
 
 # ---- softmax, log_softmax and cross_entropy at any rank ------------------------------------------------------
@@ -362,13 +357,9 @@ def test_attention_with_a_named_batch_runs_at_any_size():
     ("attention(S, S, S)", "attention q (5,) must be (..., T, d): at least 2-D"),
 ])
 def test_attention_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
-    spec = tmp_path / "bad.toml"
-    spec.write_text('[inputs]\nQ = [2, 4, 5, 16]\nK8 = [2, 4, 5, 8]\nV = [2, 4, 5, 16]\nV3 = [2, 3, 5, 16]\n'
-                    f'V6 = [2, 4, 6, 16]\nS = [5]\n[nodes]\nbad = "sum({expr})"\n[train]\nloss = "bad"\n')
-    with pytest.raises(gc.GraphcError) as err:
-        gc.load_spec(spec)
-    text = str(err.value)
-    assert message in text and "bad" in text and "\n" not in text
+    assert_spec_error(tmp_path, '[inputs]\nQ = [2, 4, 5, 16]\nK8 = [2, 4, 5, 8]\nV = [2, 4, 5, 16]\n'
+                      f'V3 = [2, 3, 5, 16]\nV6 = [2, 4, 6, 16]\nS = [5]\n[nodes]\nbad = "sum({expr})"\n'
+                      '[train]\nloss = "bad"\n', message)
 
 
 def test_cupy_module_of_the_attention_ops_agrees_with_numpys(monkeypatch):

@@ -11,6 +11,7 @@ import torch
 import graphc as gc
 from gradcheck import check_gradients, random_params
 from memcheck import peak_bytes
+from test_attention import assert_spec_error
 from test_memory import assert_trainer_matches_value_and_grad
 
 pytestmark = pytest.mark.unformatted
@@ -258,13 +259,8 @@ loss = "loss"
     ("gelu(X, approximate='erf')", "gelu attribute approximate='erf' is not one of 'none', 'tanh'"),
 ])
 def test_bad_input_is_one_line_naming_the_node(tmp_path, expr, message):
-    spec = tmp_path / "bad.toml"
-    spec.write_text(f'[inputs]\nX = [4, 3]\n[params]\nW = {{ shape = [4, 3] }}\n[nodes]\nbad = "{expr}"\n'
-                    '[train]\nloss = "bad"\n')
-    with pytest.raises(gc.GraphcError) as err:
-        gc.load_spec(spec)
-    text = str(err.value)
-    assert message in text and "bad" in text and "\n" not in text
+    assert_spec_error(tmp_path, f'[inputs]\nX = [4, 3]\n[params]\nW = {{ shape = [4, 3] }}\n[nodes]\nbad = "{expr}"\n'
+                      '[train]\nloss = "bad"\n', message)
 
 
 def test_tensor_pow_operator():
