@@ -559,9 +559,9 @@ internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple}, own_arra
 
 # ---- sequence models (DESIGN section 15): elementwise and normalisation ops ---------------------------------
 # The erf family's workspace forms call the module's _erf (templates/ops.j2, helper_erf) on these temporaries:
-# three arrays shaped like the operand and one boolean mask.
+# two arrays shaped like the operand and one of table rows (intp).
 def erf_scratch(shapes, attrs):
-    return [(shapes[-1], None)] * 3 + [(shapes[-1], "bool_")]
+    return [(shapes[-1], None)] * 2 + [(shapes[-1], "intp")]
 
 
 def gelu_scratch(shapes, attrs):
