@@ -132,6 +132,7 @@ def run_case(case: str) -> str:
         assert len(got) == len(outs)
         for k, (a, b) in enumerate(zip(got, outs)):
             assert a.shape == b.shape, f"{case}: output {k}: shape {a.shape}, expected {b.shape}"
+            assert a.dtype == b.dtype or b.dtype.kind != "f", f"{case}: output {k}: {a.dtype}, expected {b.dtype}"
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"{case}: output {k}")
     return "run"
 

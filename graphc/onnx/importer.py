@@ -355,6 +355,11 @@ class Importer:
             return self.const(x)
         return x
 
+    def same(self, name: str):
+        """Value ``name`` passed on as it is: a scalar constant stays a number, which folding reads on."""
+        x = self.value(name)
+        return x if isinstance(x, float) else self.tensor(name)
+
     def const(self, value: float) -> Tensor:
         return self.g.const(value, name=self.names.fresh(f"{self.names.ident[self.out]}_const"))
 
@@ -692,7 +697,7 @@ def cast(imp, node):
     to = imp.attr("to")
     if FLOAT_TYPES.get(to) != imp.dtype:
         raise GraphError(f"Cast to {imp.type_name(to)}: graphc computes in {imp.dtype}, and casts only to it")
-    return imp.tensor(node.input[0])
+    return imp.same(node.input[0])
 
 
 @converter("CastLike")
@@ -701,7 +706,7 @@ def cast_like(imp, node):
     if like is not None and (is_symbolic(like) or like.dtype != imp.dtype):
         raise GraphError(f"CastLike to {'int64' if is_symbolic(like) else like.dtype}: graphc computes in "
                          f"{imp.dtype}")
-    return imp.tensor(node.input[0])
+    return imp.same(node.input[0])
 
 
 # ---- the section 15 elementwise ops and normalisation ---------------------------------------------------------
