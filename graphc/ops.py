@@ -1296,10 +1296,11 @@ def pooled_grad_attrs(shapes, attrs) -> dict:
 
 
 def max_pool2d_scratch(shapes, attrs):
-    """Each window's first maximum (kept), the windows (kernel offset first), a mask of the output's shape, padded x."""
+    """Each window's first maximum (kept), the windows (kernel offset first), two masks of the output's shape,
+    padded x."""
     win, n = pool_window("max_pool2d", shapes, attrs), shapes[0][0]
     k = win.kernel[0] * win.kernel[1]
-    return ([(win.out_shape(n), "int64"), ((k, n, win.C, win.Ho, win.Wo), None), (win.out_shape(n), "bool_")]
+    return ([(win.out_shape(n), "int64"), ((k, n, win.C, win.Ho, win.Wo), None)] + [(win.out_shape(n), "bool_")] * 2
             + padded_scratch(win, n))
 
 
