@@ -153,9 +153,9 @@ class Renderer:
             named = " and ".join(describe(G, w) for w in uses[:USES_NAMED])
             more = f" and {len(uses) - USES_NAMED} more" if len(uses) > USES_NAMED else ""
             return f"d {loss} / d {wrt}: the sum over its {len(operands(A, v))} uses, via {named}{more}"
-        if OPS[data["op"]].own_array:
-            return f"d {loss} / d {wrt}, as an array of its own"
         where = f"via {describe(G, via)}" if via is not None else ""
+        if OPS[data["op"]].own_array:  # a gradient copied out of a view; an intermediate one says where it is from
+            return f"d {loss} / d {wrt}, as an array of its own" if wrt else f"{where}, as an array of its own"
         return f"d {loss} / d {wrt} {where}".rstrip() if wrt else where
 
 

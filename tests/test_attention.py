@@ -334,7 +334,10 @@ def test_attention_with_a_named_batch_runs_at_any_size():
     heads = [gc.transpose(gc.reshape(X @ W, ("B", 4, 2, 3)), axes=(0, 2, 1, 3)) for W in (Wq, Wk, Wv)]
     out = gc.attention(*heads, causal=True, name="out")  # (B, 2, 4, 3)
     loss = gc.mean(out * out, name="loss")
-    mod = gc.compile(g, loss=loss, dims={"B": 2}).load()
+    module = gc.compile(g, loss=loss, dims={"B": 2})
+    copies = [line for line in module.source.splitlines() if "as an array of its own" in line]
+    assert copies and not any("d None" in line for line in copies)  # each heads' gradient copy says its node
+    mod = module.load()
     params = random_params(mod)
     trainer = mod.Trainer({k: v.copy() for k, v in params.items()}, lr=1e-2)
     for n in (3, 1, 3):
