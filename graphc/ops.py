@@ -1220,9 +1220,9 @@ def conv_grad_attrs(shapes, attrs) -> dict:
             "K": other[2] if "shape" in attrs else math.prod(other[1:])}
 
 
-def conv_grad_w_scratch(shapes, attrs):  # each example's term of dw: (N, groups, C_out / groups, K)
-    a = conv_grad_attrs(shapes, attrs)
-    return [((shapes[0][0], a["G"], a["Og"], a["K"]), None)]
+def conv_grad_w_scratch(shapes, attrs):  # dy.T of each example, its term of dw.T, and their sum
+    a, n = conv_grad_attrs(shapes, attrs), shapes[0][0]
+    return [((n, a["G"], a["L"], a["Og"]), None), ((n, a["G"], a["K"], a["Og"]), None), ((a["G"], a["K"], a["Og"]), None)]
 
 
 def pool_window(op, shapes, attrs) -> Window:
