@@ -366,12 +366,13 @@ def matmul_vjp(b, v, xs, g):
         Y = b.node("reshape", Y, shape=(*b.shape(y), 1), hint=f"{y}_column") if one_y else Y
         lifted = b.shape(g)[:-1] + (1,) + b.shape(g)[-1:] if one_x else b.shape(g) + (1,)
         g = b.node("reshape", g, shape=lifted, hint=f"d{v}_lifted")
-    if not (one_x or one_y) and len(b.shape(x)) > 2 and fixed_matrix(b, Y) and own(b, g):
-        dx = b.node("matmul_fold", g, b.T(Y))  # NumPy's (..., N) @ W.T is twice as slow as its rows' product
+    layer = not (one_x or one_y) and len(b.shape(x)) > 2 and fixed_matrix(b, Y) and own(b, g)  # (..., K) @ (K, N)
+    if layer:  # NumPy's (..., N) @ W.T is twice as slow as the product of its rows
+        dx = b.node("matmul_fold", g, b.T(Y))
     else:
         dx = b.matmul(g, b.T(Y))
-    if not (one_x or one_y) and len(b.shape(x)) > 2 and fixed_matrix(b, Y) and own(b, X) and own(b, g):
-        dy = b.node("matmul_rows", X, g)  # a (..., K) @ (K, N) layer: every row in one (K, N) product
+    if layer and own(b, X):  # every row in one (K, N) product
+        dy = b.node("matmul_rows", X, g)
     else:
         dy = b.matmul(b.T(X), g)
     if one_x:  # (..., 1, k): the row's axis dropped again
@@ -1222,7 +1223,8 @@ def conv_grad_attrs(shapes, attrs) -> dict:
 
 def conv_grad_w_scratch(shapes, attrs):  # dy.T of each example, its term of dw.T, and their sum
     a, n = conv_grad_attrs(shapes, attrs), shapes[0][0]
-    return [((n, a["G"], a["L"], a["Og"]), None), ((n, a["G"], a["K"], a["Og"]), None), ((a["G"], a["K"], a["Og"]), None)]
+    return [((n, a["G"], a["L"], a["Og"]), None), ((n, a["G"], a["K"], a["Og"]), None),
+            ((a["G"], a["K"], a["Og"]), None)]
 
 
 def pool_window(op, shapes, attrs) -> Window:
