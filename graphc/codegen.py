@@ -65,7 +65,8 @@ class Renderer:
 
     def __init__(self, G, A, np_name: str, backend: str = "numpy"):
         self.graphs = {"forward": G, "backward": A}
-        self.ops = environment().get_template("ops.j2").make_module({"np": np_name, "backend": backend, "dtype": G.graph["dtype"]})
+        context = {"np": np_name, "backend": backend, "dtype": G.graph["dtype"]}
+        self.ops = environment().get_template("ops.j2").make_module(context)
         self.mode = {"train": "False", "rng": None}  # the function being written: its mode (Op.modes)
         self.keep = {}  # forward node -> the variable its forward writes its random kept value to (Op.draws)
         self.text = {}  # (graph, node) -> how an operand is written: a variable, a literal or an inline view

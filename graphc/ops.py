@@ -395,6 +395,7 @@ def own(b, v) -> bool:
 
 
 def fixed_matrix(b, Y) -> bool:
+    """Whether ``Y`` is a matrix of sizes known at compile time (a layer's weight)."""
     shape = b.shape(Y)
     return len(shape) == 2 and all(isinstance(d, int) for d in shape)
 
