@@ -249,7 +249,7 @@ def modes(G) -> dict:
 
 def drawn(G, A) -> dict:
     """Forward node -> its random kept value (Op.draws: dropout's mask), which the forward statement writes."""
-    return {v: e for v, e in kept_values(G, A).items() if OPS[G.nodes[v]["op"]].draws}
+    return {v: es[0] for v, es in kept_values(G, A).items() if OPS[G.nodes[v]["op"]].draws}
 
 
 def helpers(r: "Renderer", G, A) -> list[str]:

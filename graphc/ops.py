@@ -39,7 +39,7 @@ class Op:
     classes: tuple = (0, -1)  # ...whose count is the size of this (operand, axis): the logits' last axis
     bool_operands: tuple = ()  # positions where a boolean input is allowed (where's condition)
     template_attrs: Callable | None = None  # (operand shapes, attrs, dtype, into) -> the attrs its macros take
-    keeps: str | None = None  # the adjoint op its workspace form computes on the way, kept for the backward
+    keeps: str | tuple = ()  # the adjoint op(s) its workspace form computes on the way, kept for the backward
     own_array: bool = False  # it gives a gradient an array of its own (its statement's note says so)
     loss: bool = False  # a loss: a sum or a mean over its rows (reduction=), which training.loss_reduction reads
     onnx: str = ""  # the ONNX op type it is, one node of the same operands and no attributes (graphc/onnx reads it)
@@ -64,6 +64,11 @@ class Op:
     @property
     def macro(self) -> str:
         return self.template or self.name
+
+    @property
+    def kept(self) -> tuple:
+        """The adjoint ops of ``keeps``, in the order of the scratch slots the workspace form writes them to."""
+        return (self.keeps,) if isinstance(self.keeps, str) else self.keeps
 
 
 OPS: dict[str, Op] = {}
@@ -687,24 +692,33 @@ def norm_shape(shapes, attrs, op="layer_norm", most=3):
     return x
 
 
-def norm_scratch(shapes, attrs, x=0):  # two arrays shaped like x, two of its rows (the last axis kept as size 1)
-    x = shapes[x]
-    return [(x, None), (x, None), (x[:-1] + (1,), None), (x[:-1] + (1,), None)]
+def norm_row(shapes, attrs):  # a row statistic, the last axis kept as size 1
+    return shapes[0][:-1] + (1,)
 
 
-def norm_grad_scratch(shapes, attrs):  # operands (g, x)
-    return norm_scratch(shapes, attrs, x=1)
+def norm_scratch(shapes, attrs):  # x_hat and 1 / sqrt(var + eps) (kept for the backward), the squares, the mean
+    return [(shapes[0], None), (norm_row(shapes, attrs), None), (shapes[0], None), (norm_row(shapes, attrs), None)]
+
+
+def norm_grad_shape(shapes, attrs):  # operands (d x_hat, x_hat, r)
+    return shapes[1]
+
+
+def norm_grad_scratch(shapes, attrs):  # an array shaped like x, a row
+    return [(shapes[1], None), (shapes[2], None)]
 
 
 def norm_vjp(b, v, xs, g):
-    """d x from the gradient rule of the normalisation (norm_grad, recomputing the row statistics from x);
+    """d x = (g' - mean(g') - x_hat * mean(g' * x_hat)) * r with g' = g * weight (rms_norm's without mean(g')),
+    from x_hat and r = 1 / sqrt(var + eps) as the forward computed them (Op.keeps: they are not computed again);
     d weight = sum of g * x_hat over the leading axes, d bias = sum of g."""
     op, eps = b.G.nodes[v]["op"], b.attrs(v)["eps"]
     x, rest = xs[0], xs[1:]
+    xhat = b.node(op, b.fwd(x), eps=eps, hint=f"{x}_normalized") if rest else b.fwd(v)
+    rstd = b.node(f"{op}_rstd", b.fwd(x), eps=eps, hint=f"{x}_rstd")
     dxhat = b.mul(g, b.fwd(rest[0]), hint=f"d{v}_scaled") if rest else g
-    grads = [b.node(f"{op}_grad", dxhat, b.fwd(x), eps=eps)]
+    grads = [b.node(f"{op}_grad", dxhat, xhat, rstd)]
     if rest:
-        xhat = b.node(op, b.fwd(x), eps=eps, hint=f"{x}_normalized")
         grads.append(b.unbroadcast(b.mul(g, xhat, hint=f"d{rest[0]}_terms"), rest[0]))
     if len(rest) > 1:
         grads.append(b.unbroadcast(g, rest[1]))
@@ -715,13 +729,13 @@ POSITIVE = Check(lambda v: NUMBER.test(v) and v > 0, "a positive finite number",
 EPS = Check(lambda v: v is None or POSITIVE.test(v), "a positive finite number or None (the dtype's epsilon)",
             lambda v: v if v is None else float(v))
 op("layer_norm", None, norm_shape, norm_vjp, attrs={"eps": POSITIVE}, defaults={"eps": 1e-5}, inplace=(0,),
-   scratches=norm_scratch)
+   scratches=norm_scratch, keeps=("layer_norm", "layer_norm_rstd"))
 op("rms_norm", None, lambda shapes, attrs: norm_shape(shapes, attrs, "rms_norm", 2), norm_vjp, attrs={"eps": EPS},
-   defaults={"eps": None}, inplace=(0,), scratches=norm_scratch)
-internal("layer_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": float}, inplace=True,
-         scratches=norm_grad_scratch)  # from d x_hat and x: the row statistics computed again
-internal("rms_norm_grad", 2, lambda shapes, attrs: shapes[1], attrs={"eps": object}, inplace=True,
-         scratches=norm_grad_scratch)
+   defaults={"eps": None}, inplace=(0,), scratches=norm_scratch, keeps=("rms_norm", "rms_norm_rstd"))
+internal("layer_norm_rstd", 1, norm_row, attrs={"eps": float})  # 1 / sqrt(var + eps)
+internal("rms_norm_rstd", 1, norm_row, attrs={"eps": object})  # 1 / sqrt(mean(x**2) + eps)
+internal("layer_norm_grad", 3, norm_grad_shape, inplace=(0, 1), scratches=norm_grad_scratch)  # of (d x_hat, x_hat, r)
+internal("rms_norm_grad", 3, norm_grad_shape, inplace=(0, 1), scratches=norm_grad_scratch)
 
 
 # ---- concat and slice along one axis (slice: a view, like transpose) ----------------------------------------

@@ -159,12 +159,13 @@ class Pool:
         self.free[b.shape, b.dtype].append(index)
 
 
-def temporaries(pool: Pool, graph: nx.DiGraph, v, dtype: str, start: int = 0) -> tuple[int, ...]:
-    """The buffers of ``v``'s temporaries (Op.scratches, from ``start`` on), each taken for this statement alone."""
+def temporaries(pool: Pool, graph: nx.DiGraph, v, dtype: str, skip=()) -> tuple[int, ...]:
+    """The buffers of ``v``'s temporaries (Op.scratches, but for the slots in ``skip``), each taken for this
+    statement alone."""
     data = graph.nodes[v]
     shapes = [graph.nodes[a]["shape"] for a in operands(graph, v)]
     taken = tuple(pool.take(tuple(sh), dt or dtype, f"scratch for {v}")
-                  for sh, dt in OPS[data["op"]].scratches(shapes, data["attrs"])[start:])
+                  for k, (sh, dt) in enumerate(OPS[data["op"]].scratches(shapes, data["attrs"])) if k not in skip)
     for index in taken:
         pool.give_back(index)
     return taken
@@ -258,19 +259,18 @@ class Planner:
         return out
 
     def scratch(self, i: int, graph, v, out):
-        """The op's temporaries: the kept value's buffer first (Op.keeps), several (Op.scratches), or one shaped
+        """The op's temporaries: the kept values' buffers first (Op.keeps), several (Op.scratches), or one shaped
         like its first operand (Op.scratch), which may be the buffer of an operand that dies here."""
         op, dtype = OPS[graph.nodes[v]["op"]], graph.nodes[v]["dtype"]
         args = operands(graph, v)
         first = tuple(graph.nodes[args[0]]["shape"]) if args else ()
-        if v in self.keeps and first != ():  # its first temporary is the kept value's buffer
-            e = self.keeps[v]
-            scratch = self.where[e] = self.pool.take(tuple(self.A.nodes[e]["shape"]), self.A.nodes[e]["dtype"],
-                                                    e)
-            self.kept[e] = v
-            if op.scratches is not None:
-                scratch = (scratch, *temporaries(self.pool, graph, v, dtype, start=1))
-            return scratch
+        if v in self.keeps and first != ():  # its first temporaries are the kept values' buffers
+            kept = [None if e is None else self.keep(e, v) for e in self.keeps[v]]
+            if op.scratches is None:
+                return kept[0]
+            taken = {k for k, b in enumerate(kept) if b is not None}
+            rest = iter(temporaries(self.pool, graph, v, dtype, skip=taken))
+            return tuple(next(rest) if b is None else b for b in kept) + tuple(rest)
         if op.scratches is not None:
             return temporaries(self.pool, graph, v, dtype)
         if not op.scratch or first == ():
@@ -282,6 +282,12 @@ class Planner:
         scratch = self.pool.take(first, dtype, f"scratch for {v}")
         self.pool.give_back(scratch)
         return scratch
+
+    def keep(self, e, v) -> int:
+        """A buffer for the adjoint node ``e``, which the forward statement ``v`` computes on the way (Op.keeps)."""
+        self.where[e] = self.pool.take(tuple(self.A.nodes[e]["shape"]), self.A.nodes[e]["dtype"], e)
+        self.kept[e] = v
+        return self.where[e]
 
     def release(self, i: int, v, out) -> None:
         """The buffers of the values last read here, and of ``v`` if nothing reads it, go back to the pool."""
@@ -295,15 +301,18 @@ class Planner:
 
 
 def kept_values(G: nx.DiGraph, A: nx.DiGraph) -> dict:
-    """Some workspace forms compute on the way a value their gradient needs again (Op.keeps): mse the error
-    pred - target, cross_entropy the softmax of the logits. That adjoint node (made by the same forward node's
-    rule, of its first operands) is kept in the buffer the forward statement wrote it to, not computed twice.
-    Returns forward node -> that adjoint node."""
+    """Some workspace forms compute on the way values their gradient needs again (Op.keeps): mse the error
+    pred - target, cross_entropy the softmax of the logits, layer_norm x_hat and 1 / sqrt(var + eps). Such an
+    adjoint node (made by the same forward node's rule, of its first operands) is kept in the buffer the forward
+    statement wrote it to, not computed twice. Returns forward node -> its kept adjoint nodes, one per op of
+    Op.keeps (None for one its rule did not make)."""
     keeps = {}
     for e in A:
         v = A.nodes[e].get("via")
-        if v in G and G.nodes[v]["op"] in OPS and OPS[G.nodes[v]["op"]].keeps == A.nodes[e]["op"] \
+        if v in G and G.nodes[v]["op"] in OPS and A.nodes[e]["op"] in OPS[G.nodes[v]["op"]].kept \
                 and [value_of(A, u) for u in operands(A, e)] == [value_of(G, u) for u in operands(G, v)][
                     :len(operands(A, e))]:  # the same values, seen through the same views
-            keeps[v] = e
-    return keeps
+            kept = OPS[G.nodes[v]["op"]].kept
+            slots = keeps.setdefault(v, [None] * len(kept))
+            slots[kept.index(A.nodes[e]["op"])] = e
+    return {v: tuple(slots) for v, slots in keeps.items()}

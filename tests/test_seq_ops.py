@@ -315,6 +315,25 @@ def test_step_allocates_no_arrays_with_every_seq_op():
     assert_trainer_matches_value_and_grad(mod, mod.init_params(), (X,), steps=2)
 
 
+def test_step_takes_each_norms_statistics_from_its_forward():
+    """layer_norm's and rms_norm's backward read x_hat and 1 / sqrt(var + eps) as the forward computed them
+    (Op.keeps): Trainer.step takes one square root per norm (not three), and agrees with value_and_grad, with a
+    weight and bias, a weight alone, or neither (then x_hat is the norm's value)."""
+    g = gc.Graph("norms")
+    h = g.input("X", ("N", 6)) @ g.param("W", (6, 6), scale=0.5)
+    h = gc.layer_norm(h, g.param("w", (6,)), g.param("b", (6,))) * 2.0 + h
+    h = gc.rms_norm(h, g.param("rw", (6,)), name="r") + gc.layer_norm(h, eps=1e-3, name="bare")
+    loss = gc.mean(gc.layer_norm(h * h, g.param("v", (6,)), name="last") * h, name="loss")
+    compiled = gc.compile(g, loss=loss)
+    step = compiled.source.split("    def _step(", 1)[1].split("\n    def ", 1)[0]
+    assert step.count("np.sqrt(") == 4, step
+    mod = compiled.load()
+    X = np.random.default_rng(0).standard_normal((5, 6))
+    params = {k: v + np.random.default_rng(1).standard_normal(v.shape) * 0.1 for k, v in mod.init_params().items()}
+    check_gradients(mod, params, (X,))
+    assert_trainer_matches_value_and_grad(mod, params, (X,), steps=2)
+
+
 def test_cupy_module_of_the_other_ops_agrees_with_numpys(monkeypatch):
     """Every op of this file but the erf family compiles for CuPy; on the test double its steps agree."""
     import fake_cupy
