@@ -354,3 +354,29 @@ def test_cupy_module_of_the_other_ops_agrees_with_numpys(monkeypatch):
         assert trainer.step(cp.asarray(X)) == pytest.approx(reference.step(X), rel=1e-12)
     for name in host.PARAMS:
         np.testing.assert_allclose(cp.asnumpy(trainer.params[name]), reference.params[name], rtol=1e-12)
+
+
+def test_a_nan_reaches_its_softmax_row_in_step_as_in_value_and_grad():
+    """Trainer.step shifts each softmax row by a NaN-blind max (np.fmax.reduce, the faster reduce); the NaN of a
+    row still reaches the whole row through the row's sum, as np.max's shift does in value_and_grad: softmax,
+    log_softmax, cross_entropy and causal attention, each read out through a param of its own."""
+    g = gc.Graph("nan_rows")
+    x = g.input("x", (4, 5))
+    w = {name: g.param(name, (4, 5)) for name in ("w_soft", "w_log", "w_ce", "w_att", "v")}
+    loss = gc.sum(gc.softmax(x) * w["w_soft"]) + gc.sum(gc.log_softmax(x) * w["w_log"])
+    loss = loss + gc.cross_entropy(x * w["w_ce"], g.input("t", (4,), dtype="int64"))
+    loss = gc.sum(gc.attention(x, x, w["v"], causal=True) * w["w_att"], name="loss") + loss
+    mod = gc.compile(g, loss=loss).load()
+    params = random_params(mod)
+    X = np.random.default_rng(1).standard_normal((4, 5))
+    X[1, 2] = np.nan
+    inputs = (X, np.array([0, 1, 2, 3]))
+    with np.errstate(invalid="ignore"):
+        _, grads = mod.value_and_grad(params, *inputs)
+        trainer = mod.Trainer({k: v.copy() for k, v in params.items()})
+        trainer.step(*inputs)
+    for name in w:
+        np.testing.assert_array_equal(np.isnan(trainer.params[name]), np.isnan(grads[name]), err_msg=name)
+    for name in ("w_soft", "w_log", "w_ce"):  # the row of the NaN, and no other
+        np.testing.assert_array_equal(np.isnan(grads[name]).all(axis=1), [False, True, False, False])
+    np.testing.assert_array_equal(np.isnan(grads["w_att"]).all(axis=1), [False, True, True, True])  # key 1 seen
