@@ -391,3 +391,15 @@ def test_cupy_module_of_the_attention_ops_agrees_with_numpys(monkeypatch):
         assert trainer.step(*map(cp.asarray, inputs)) == pytest.approx(reference.step(*inputs), rel=1e-12)
     for name in host.PARAMS:
         np.testing.assert_allclose(cp.asnumpy(trainer.params[name]), reference.params[name], rtol=1e-12)
+
+
+def test_the_targets_fixed_offsets_are_made_once_per_shape():
+    """Issue 17's hoisting: of the flat index n * C * S + t * S + s of each target of (N, C, S) logits, the part
+    that depends only on the shape is _row_offsets' (kept per shape): Trainer.step makes it with no call of its own,
+    and adds t * S in two (forward and backward, each from the targets)."""
+    g = gc.Graph("ce_rows")
+    z = gc.transpose(g.param("h", (4, 3, 5)), axes=(0, 2, 1), name="z")  # (N, C, T) as (N, T, C) transposed
+    loss = gc.cross_entropy(z, g.input("t", (4, 3), dtype="int64"), name="loss")
+    step = gc.compile(g, loss=loss).source.split("    def _step(", 1)[1].split("\n    def ", 1)[0]
+    assert step.count("_row_offsets(t.shape[0], 5, 3)") == 2, step
+    assert "floor_divide" not in step and ".fill(" not in step and "accumulate" not in step, step
