@@ -196,7 +196,7 @@ def module() -> types.ModuleType:
     for name in ("sum", "max", "min", "mean", "var", "cumsum", "take", "take_along_axis", "expand_dims",
                  "broadcast_to", "bincount", "triu"):
         setattr(cp, name, _device_only(getattr(np, name)))
-    for name in ("floor_divide", "inf"):  # attention, (N, C, d1...) cross_entropy
+    for name in ("inf",):  # attention
         setattr(cp, name, getattr(np, name))
     for name in ("full", "zeros_like", "empty", "empty_like", "arange", "zeros", "ones"):
         setattr(cp, name, _wrap(getattr(np, name)))
