@@ -185,6 +185,21 @@ def test_erf_is_exact_to_two_ulps_everywhere(dtype, tiny):
         assert np.isnan(mod.predict({}, np.array([np.nan, 0.5, -np.nan, 1.0], dtype))[[0, 2]]).all()
 
 
+def test_float32_erf_is_exact_to_two_ulps_on_a_sweep_of_every_exponent():
+    """float32's _erf takes two table rows and makes its other Taylor terms from t: every 499th float32 from +0 to
+    4.5 (a million, all exponents, subnormals too), both signs, against math.erf."""
+    g = gc.Graph("erf", dtype="float32")
+    gc.erf(g.input("x", ("N",)), name="y")
+    mod = gc.compile(g, outputs=["y"], dims={"N": 4}).load()
+    bits = np.arange(0, np.float32(4.5).view(np.int32), 499, dtype=np.int32)
+    x = np.concatenate([bits.view(np.float32), -bits.view(np.float32)])
+    got = mod.predict({}, x)
+    expected = np.frompyfunc(math.erf, 1, 1)(x.astype(np.float64)).astype(np.float32)
+    ulps = np.abs(got.astype(np.float64) - expected) / np.spacing(np.abs(expected))
+    assert ulps.max() <= 2, (ulps.max(), x[ulps.argmax()])
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(x))
+
+
 # ---- clip's gradient at the bounds passes, as torch.clamp's ---------------------------------------------
 
 def test_clip_gradient_at_the_bounds_is_torchs():
