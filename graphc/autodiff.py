@@ -17,7 +17,7 @@ import networkx as nx
 
 from .errors import GraphError
 from .graph import Namer, add_node, operands, topo_order, trainable
-from .ops import OPS, broadcast_shape
+from .ops import OPS, broadcast_shape, own
 
 
 class AdjointBuilder:
@@ -146,7 +146,11 @@ class AdjointBuilder:
         lead = len(shape) - len(target)
         axis = tuple(range(lead)) + tuple(
             lead + i for i, d in enumerate(target) if d == 1 and shape[lead + i] != 1)
-        return self.node("sum_to", g, axis=axis, shape=tuple(target))
+        # a bias's gradient from a (B, T, ...) g: its rows (several leading axes) summed as one (rows, size) view, g
+        # an array of its own (NumPy reduces those axes row by row; one leading axis of a matrix, as fast)
+        rows = lead > 1 and axis == tuple(range(lead)) and len(target) > 0 \
+            and all(isinstance(d, int) for d in target) and own(self, g)
+        return self.node("sum_to", g, axis=axis, shape=tuple(target), rows=rows)
 
     @property
     def dtype(self):

@@ -309,6 +309,7 @@ def sum_to_template(shapes, attrs, dtype, into):
     }
     if into:
         out["keepdims"] = fmt(1 if i in axis else d for i, d in enumerate(in_shape))
+        out["size"] = math.prod(shape) if attrs["rows"] else None  # the sum of g's rows, (rows, size)
     return out
 
 
@@ -563,7 +564,7 @@ internal("broadcast_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
 internal("matmul_rows", 2, lambda shapes, attrs: (shapes[0][-1], shapes[1][-1]),
          template_attrs=matmul_rows_attrs)  # x (..., K), g (..., N) -> x^T g over every row: (K, N)
 internal("matmul_fold", 2, matmul_shape, template_attrs=matmul_rows_attrs)  # g (..., K) @ W (K, N) as (rows, K) @ W
-internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple},
+internal("sum_to", 1, attr_shape, attrs={"axis": tuple, "shape": tuple, "rows": bool},
          template_attrs=sum_to_template)  # unbroadcast g back to ``shape``
 internal("accumulate", None, same_shape, inplace=True,
          kernel=True)  # fan-out: the sum of every consumer's contribution

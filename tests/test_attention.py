@@ -403,3 +403,28 @@ def test_the_targets_fixed_offsets_are_made_once_per_shape():
     step = gc.compile(g, loss=loss).source.split("    def _step(", 1)[1].split("\n    def ", 1)[0]
     assert step.count("_row_offsets(t.shape[0], 5, 3)") == 2, step
     assert "floor_divide" not in step and ".fill(" not in step and "accumulate" not in step, step
+
+
+def test_row_and_bias_sums_are_matrix_vector_products():
+    """NumPy reduces a short last axis, or several leading ones, row by row: Trainer.step sums them as one product
+    with a column of ones (_ones): each row of the layer norm, of the softmax and of the loss, the biases' gradients
+    over (B, T). A matrix's one leading axis keeps add.reduce (as fast). The step equals value_and_grad."""
+    g = gc.Graph("rows")
+    x = g.input("x", ("B", 6, 8))
+    h = gc.layer_norm(x @ g.param("w", (8, 8)) + g.param("b", (8,), init="zeros"), g.param("ln_w", (8,), init="ones"),
+                      g.param("ln_b", (8,), init="zeros"), name="h")
+    logits = gc.softmax(h, name="p") @ g.param("head", (8, 5)) + g.param("head_b", (5,), init="zeros")
+    z = gc.add(gc.mean(logits, axis=1, name="pooled") @ g.param("out", (5, 3)), g.param("out_b", (3,), init="zeros"),
+               name="z")
+    loss = gc.cross_entropy(z, g.input("t", ("B",), dtype="int64"), name="loss")
+    mod = gc.compile(g, loss=loss, dims={"B": 4})
+    step = mod.source.split("    def _step(", 1)[1].split("\n    def ", 1)[0]
+    reduces = [line for line in step.splitlines() if ".add.reduce(" in line]
+    assert not [line for line in reduces if "axis=-1" in line or "axis=(0, 1)" in line], reduces
+    assert step.count("_ones(") == 11, step  # 2 + 2 norm rows, softmax, its gradient, loss; b, head_b, ln_w, ln_b
+    assert "np.add.reduce(dz, axis=0" in step, step  # out_b: the (B * 6, 3) matrix's rows
+    mod = mod.load()
+    params = random_params(mod, seed=0)
+    rng = np.random.default_rng(0)
+    inputs = (rng.standard_normal((4, 6, 8)), rng.integers(0, 3, 4))
+    assert_trainer_matches_value_and_grad(mod, params, inputs)
