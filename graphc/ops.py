@@ -582,10 +582,10 @@ def erf_scratch(shapes, attrs):
 
 
 def gelu_scratch(shapes, attrs):
-    """The tanh form's three arrays; the erf form's normal cdf (the kept value: Op.keeps), erf's, x / sqrt(2)."""
+    """The tanh form's three arrays; the erf form's normal cdf (the kept value: Op.keeps) and _normal_cdf's."""
     if attrs["approximate"] == "tanh":
         return [(shapes[-1], None)] * 3
-    return [(shapes[-1], None)] + erf_scratch(shapes, attrs) + [(shapes[-1], None)]
+    return [(shapes[-1], None)] + erf_scratch(shapes, attrs)
 
 
 def clip_check(attrs) -> None:
@@ -632,10 +632,11 @@ def clip_vjp(b, v, xs, g):  # g where min <= x <= max, else 0 (torch.clamp's)
 
 NUMPY_ONLY = ("numpy",)
 BOUND = Check(lambda v: v is None or NUMBER.test(v), "a finite number or None", lambda v: v if v is None else float(v))
-op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf",), backends=NUMPY_ONLY, onnx="Erf")
+op("erf", 1, same_shape, erf_vjp, scratches=erf_scratch, helpers=("erf", "erf_tables"), backends=NUMPY_ONLY,
+   onnx="Erf")
 op("sqrt", 1, same_shape, sqrt_vjp, inplace=True, onnx="Sqrt")
 op("gelu", 1, same_shape, gelu_vjp, attrs={"approximate": ("none", "tanh")}, defaults={"approximate": "none"},
-   scratches=gelu_scratch, helpers=("erf",), keeps="normal_cdf", backends=NUMPY_ONLY)
+   scratches=gelu_scratch, helpers=("normal_cdf", "erf_tables"), keeps="normal_cdf", backends=NUMPY_ONLY)
 op("silu", 1, same_shape, silu_vjp, inplace=True, scratch=True)
 op("softplus", 1, same_shape, softplus_vjp, scratches=lambda shapes, attrs: [(shapes[0], "bool_")])
 op("pow", 1, same_shape, pow_vjp, attrs={"exponent": NUMBER}, attr_operands=("exponent",), inplace=True)
@@ -643,8 +644,8 @@ op("clip", 1, clip_shape, clip_vjp, attrs={"min": BOUND, "max": BOUND}, defaults
    attr_operands=("min", "max"), inplace=True, template="clamp")  # ops.j2's `clip` is np.take's mode
 internal("erf_grad", 2, same_shape, inplace=True, scratch=True, scratch_from=1)
 internal("sqrt_grad", 2, same_shape, inplace=True)
-internal("normal_cdf", 1, same_shape, scratches=lambda shapes, attrs: erf_scratch(shapes, attrs) + [(shapes[0], None)],
-         helpers=("erf",), backends=NUMPY_ONLY)  # 0.5 * (1 + erf(x / sqrt(2)))
+internal("normal_cdf", 1, same_shape, scratches=erf_scratch, helpers=("normal_cdf", "erf_tables"),
+         backends=NUMPY_ONLY)  # 0.5 * (1 + erf(x / sqrt(2)))
 internal("gelu_grad", 3, same_shape, backends=NUMPY_ONLY)  # g * (cdf + x * pdf(x))
 internal("gelu_tanh_grad", 2, same_shape, scratches=lambda shapes, attrs: [(shapes[-1], None)] * 3,
          backends=NUMPY_ONLY)
