@@ -373,6 +373,8 @@ def matmul_vjp(b, v, xs, g):
         lifted = b.shape(g)[:-1] + (1,) + b.shape(g)[-1:] if one_x else b.shape(g) + (1,)
         g = b.node("reshape", g, shape=lifted, hint=f"d{v}_lifted")
     layer = not (one_x or one_y) and len(b.shape(x)) > 2 and fixed_matrix(b, Y) and own(b, g)  # (..., K) @ (K, N)
+    if not (layer or one_x or one_y):
+        g = batch_broadcast(b, g, X, Y)
     if layer:  # NumPy's (..., N) @ W.T is twice as slow as the product of its rows
         dx = b.node("matmul_fold", g, b.T(Y))
     else:
@@ -386,6 +388,25 @@ def matmul_vjp(b, v, xs, g):
     if one_y:  # (..., k, 1)
         dy = b.node("reshape", dy, shape=b.shape(dy)[:-1], hint=f"d{y}_columns")
     return [b.unbroadcast(dx, x), b.unbroadcast(dy, y)]
+
+
+def batch_broadcast(b, g, X, Y):
+    """A reduction's gradient that broadcasts only along batch axes (x1 = sum(att @ o, axis=1): g (B, T, E) to each of
+    H heads) as the view of its operand with size-1 axes there, which matmul broadcasts itself (no copy per head),
+    where X and Y both have those axes in full: g @ Y^T and X^T @ g are then whole."""
+    data = b.A.nodes[g]
+    if data["op"] != "broadcast_to":
+        return g
+    (src,) = b.A.predecessors(g)
+    shape, inserted = data["attrs"]["shape"], data["attrs"]["axis"]
+    view = tuple(1 if i in inserted else d for i, d in enumerate(shape)) if inserted else b.shape(src)
+    if len(view) != len(shape) or view[-2:] != shape[-2:]:
+        return g  # a matrix axis is broadcast too
+    for z in (b.shape(X), b.shape(Y)):  # aligned from the right, as matmul broadcasts
+        lead = len(shape) - len(z)
+        if any(v != d and (i < lead or z[i - lead] != d) for i, (v, d) in enumerate(zip(view, shape))):
+            return g
+    return src if view == b.shape(src) else b.node("reshape", src, shape=view, hint=f"{src}_heads")
 
 
 def own(b, v) -> bool:

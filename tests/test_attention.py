@@ -428,3 +428,27 @@ def test_row_and_bias_sums_are_matrix_vector_products():
     rng = np.random.default_rng(0)
     inputs = (rng.standard_normal((4, 6, 8)), rng.integers(0, 3, 4))
     assert_trainer_matches_value_and_grad(mod, params, inputs)
+
+
+@pytest.mark.parametrize("x_shape", [("B", 3, 5, 4), (5, 4), ("B", 1, 5, 4)], ids=["heads", "shared", "one head"])
+def test_a_sum_over_heads_sends_its_gradient_to_matmul_as_a_view(x_shape):
+    """x1 = sum(att @ o, axis=1) (att (B, H, T, K), o (H, K, N)): the gradient of att @ o is g (B, T, N) for every
+    head, which matmul takes as the view g.reshape((B, 1, T, N)) where both operands have the heads in full; where
+    one does not (x (T, K) shared by the heads, or one head broadcast), g is copied to each head as before. The
+    gradients against central differences, Trainer.step against value_and_grad."""
+    g = gc.Graph("heads")
+    x = g.param("x", x_shape) if "B" not in x_shape else g.input("x", x_shape)
+    w = g.param("w", (3, 4, 6))
+    target = g.input("t", ("B", 5, 6))
+    loss = gc.sum((gc.sum(x @ w, axis=-3) - target) ** 2, name="loss")  # the heads' axis
+    mod = gc.compile(g, loss=loss, dims={"B": 2})
+    step = mod.source.split("    def _step(", 1)[1].split("\n    def ", 1)[0]
+    view = "reshape((B, 1, 5, 6))" in step
+    assert view == (x_shape[1:2] == (3,)), step
+    assert view != ("expand_dims" in step), step
+    mod = mod.load()
+    params = random_params(mod, seed=1)
+    rng = np.random.default_rng(1)
+    inputs = tuple(rng.standard_normal(tuple(2 if d == "B" else d for d in mod._SHAPES[k])) for k in mod.INPUTS)
+    check_gradients(mod, params, inputs)
+    assert_trainer_matches_value_and_grad(mod, params, inputs)
