@@ -189,7 +189,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         name=name, source=docstring_safe(source), command=docstring_safe(command), version=version, dtype=dtype,
         outputs=sched.outputs, inputs=inputs, params=params, predict=function(sched.predict), names=names,
         dims=dims, train=None, backend=backend, array_module=array_module, helpers=helpers(r, G, A),
-        trainable=trainable_params(G), row_offsets=False, ones=False,
+        trainable=trainable_params(G), row_offsets=False, full=False,
         bools=[x["name"] for x in inputs if x["boolean"]], modes=modes(G),
     )
     if train is not None:
@@ -216,7 +216,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
         )
         context["kernels"] = list(kernels.values())
         step = context["trainer"]
-        context.update({h: any(f"_{h}(" in s["code"] for s in step["body"]) for h in ("row_offsets", "ones")})  # helpers
+        context.update({h: any(f"_{h}(" in s["code"] for s in step["body"]) for h in ("row_offsets", "full")})  # helpers
         step["bound"] = used_dims(dims, step["body"], workspace_dims)
         step["dim_args"] = [f'{names["dims"]}["{d}"]' for d in step["bound"]]
     return environment().get_template("module.py.j2").render(**context)

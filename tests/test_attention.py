@@ -407,7 +407,7 @@ def test_the_targets_fixed_offsets_are_made_once_per_shape():
 
 def test_row_and_bias_sums_are_matrix_vector_products():
     """NumPy reduces a short last axis, or several leading ones, row by row: Trainer.step sums them as one product
-    with a column of ones (_ones): each row of the layer norm, of the softmax and of the loss, the biases' gradients
+    with a column of ones (_full): each row of the layer norm, of the softmax and of the loss, the biases' gradients
     over (B, T). A matrix's one leading axis keeps add.reduce (as fast). The step equals value_and_grad."""
     g = gc.Graph("rows")
     x = g.input("x", ("B", 6, 8))
@@ -421,7 +421,7 @@ def test_row_and_bias_sums_are_matrix_vector_products():
     step = mod.source.split("    def _step(", 1)[1].split("\n    def ", 1)[0]
     reduces = [line for line in step.splitlines() if ".add.reduce(" in line]
     assert not [line for line in reduces if "axis=-1" in line or "axis=(0, 1)" in line], reduces
-    assert step.count("_ones(") == 11, step  # 2 + 2 norm rows, softmax, its gradient, loss; b, head_b, ln_w, ln_b
+    assert step.count("_full(") == 11, step  # 2 + 2 norm rows, softmax, its gradient, loss; b, head_b, ln_w, ln_b
     assert "np.add.reduce(dz, axis=0" in step, step  # out_b: the (B * 6, 3) matrix's rows
     mod = mod.load()
     params = random_params(mod, seed=0)
