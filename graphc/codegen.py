@@ -63,9 +63,9 @@ def docstring_safe(text: str) -> str:
 class Renderer:
     """Writes nodes of the forward graph ``G`` and the adjoint graph ``A`` with the op macros of ops.j2."""
 
-    def __init__(self, G, A, np_name: str, backend: str = "numpy"):
+    def __init__(self, G, A, np_name: str, backend: str = "numpy", self_name: str = "self"):
         self.graphs = {"forward": G, "backward": A}
-        context = {"np": np_name, "backend": backend, "dtype": G.graph["dtype"]}
+        context = {"np": np_name, "backend": backend, "dtype": G.graph["dtype"], "trainer": self_name}
         self.ops = environment().get_template("ops.j2").make_module(context)
         self.mode = {"train": "False", "rng": None}  # the function being written: its mode (Op.modes)
         self.keep = {}  # forward node -> the variable its forward writes its random kept value to (Op.draws)
@@ -168,7 +168,7 @@ def render(sched: Schedule, *, name: str, source: str, command: str, version: st
     dims = G.graph.get("dims", {})
     names = compiler_names(set(G) | set(A or ()) | set(dims))
     array_module = BACKENDS[backend].array_module
-    r = Renderer(G, A, names[array_module], backend)  # the array module of the generated functions
+    r = Renderer(G, A, names[array_module], backend, names["self"])  # the array module of the generated functions
 
     def function(fn, train="False", extra=()):
         body = r.pure_body(fn, train, names["rng"])

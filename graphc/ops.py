@@ -596,8 +596,9 @@ internal("fill", 0, attr_shape, attrs={"value": float, "shape": tuple}, own_arra
 
 
 # ---- sequence models (DESIGN section 15): elementwise and normalisation ops ---------------------------------
-# The erf family's workspace forms call the module's _erf (templates/ops.j2, helper_erf) on these temporaries:
-# two arrays shaped like the operand and one of table rows (intp).
+# The erf family's workspace forms call the module's _erf or _normal_cdf (templates/ops.j2, helper_erf,
+# helper_normal_cdf, both through _erf_pieces) on these temporaries: two arrays shaped like the operand and one of
+# table rows (intp).
 def erf_scratch(shapes, attrs):
     return [(shapes[-1], None)] * 2 + [(shapes[-1], "intp")]
 

@@ -175,3 +175,24 @@ def test_gradients_are_written_into_their_views_of_the_flat_gradients():
     trainer = mod.Trainer(params)
     flat = trainer._flat_params
     assert all(np.shares_memory(params[name], flat) for name in mod.TRAINABLE)
+
+
+def test_the_steps_constant_arrays_belong_to_its_trainer():
+    """Trainer.step's constants (ones for row sums, zeros for relu: Trainer._full) are kept per shape by the Trainer,
+    as its buffers are: one set per batch size, freed with it, not by the module."""
+    import gc as garbage
+    import weakref
+
+    g = gc.Graph("constants")
+    h = gc.relu(g.input("x", ("N", 4)) @ g.param("w", (4, 8)), name="h")
+    loss = gc.cross_entropy(h, g.input("t", ("N",), dtype="int64"), name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    trainer = mod.Trainer(mod.init_params(0))
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 3, 7):
+        trainer.step(rng.standard_normal((n, 4)), rng.integers(0, 8, n))
+    assert sorted(trainer._constants) == [((3, 8), 0.0), ((5, 8), 0.0), ((7, 8), 0.0), ((8, 1), 1.0)]
+    kept = weakref.ref(trainer._constants[(3, 8), 0.0])
+    del trainer
+    garbage.collect()
+    assert kept() is None

@@ -148,20 +148,6 @@ def _check_params(params, names=PARAMS, array=np.ndarray):
             )
 
 
-_FULL = {}
-
-
-def _full(shape, value):
-    """An array of `value`, made on first use and kept per shape (read only): x @ _full((n, 1), 1.0) sums each row of
-    x (..., n) in one matrix-vector product, where NumPy's reduce goes row by row, and NumPy's maximum and minimum
-    go three times faster against an array than against a number."""
-    array = _FULL.get((shape, value))
-    if array is None:
-        array = _FULL[shape, value] = np.full(shape, value, dtype=DTYPE)
-        array.flags.writeable = False
-    return array
-
-
 def _views(flat):
     """Trainer's flat storage: name -> the part of the flat array `flat` that holds this trainable param's
     elements (TRAINABLE order, one after another), shaped like the param."""
@@ -446,6 +432,7 @@ class Trainer:
         self._scratch = tuple(np.empty_like(self._flat_params) for _ in range(2))
         # The step's buffers, one set per distinct set of dimension sizes, allocated by its first step.
         self._workspaces = {}
+        self._constants = {}  # and its constant arrays (_full), per shape
 
     def step(self, X, y):
         """One step on a batch; returns the loss before the update. It allocates no arrays on a batch size it has
@@ -466,7 +453,7 @@ class Trainer:
         # h_add = add(h_matmul, b1) -> (32, 200)
         h_add = np.add(h_matmul, b1, out=_buf0)
         # h = relu(h_add) -> (32, 200)
-        h = np.maximum(h_add, _full(h_add.shape, 0.0), out=_buf0)
+        h = np.maximum(h_add, self._full(_buf0.shape, 0.0), out=_buf0)
         # pred_matmul = matmul(h, W2) -> (32, 10)
         pred_matmul = np.matmul(h, W2, out=_buf1)
         # pred = add(pred_matmul, b2) -> (32, 10)
@@ -527,6 +514,16 @@ class Trainer:
                 self._grads["W1"],  # the view of the flat gradients: d loss / d W1
             )
         return _buffers
+
+    def _full(self, shape, value):
+        """An array of `value` for step(), made on first use and kept per shape as its buffers are (read only): a
+        product with ones sums rows at once, where NumPy's reduce goes row by row, and NumPy's maximum and minimum
+        go three times faster against an array than against a number."""
+        array = self._constants.get((shape, value))
+        if array is None:
+            array = self._constants[shape, value] = np.full(shape, value, dtype=DTYPE)
+            array.flags.writeable = False
+        return array
 
     def apply_gradients(self, grads):
         """The optimizer's in-place update from gradients computed elsewhere (a dict like value_and_grad's): what
