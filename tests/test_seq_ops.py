@@ -397,3 +397,16 @@ def test_a_nan_reaches_its_softmax_row_in_step_as_in_value_and_grad():
     for name in ("w_soft", "w_log", "w_ce"):  # the row of the NaN, and no other
         np.testing.assert_array_equal(np.isnan(grads[name]).all(axis=1), [False, True, False, False])
     np.testing.assert_array_equal(np.isnan(grads["w_att"]).all(axis=1), [False, True, True, True])  # key 1 seen
+
+
+@pytest.mark.parametrize("op", ["softplus", "erf", "gelu"])
+def test_an_elementwise_op_of_a_scalar_in_the_step(op):
+    """An op with workspace temporaries (Op.scratches) on a scalar, such as softplus of a constant: Trainer.step
+    writes it in its pure form (a scalar has no buffer to be written into) and equals value_and_grad."""
+    g = gc.Graph("scalar_op")
+    w = g.param("w", (3,))
+    loss = gc.sum(w * w * g.apply(op, g.const(-0.75)), name="loss")
+    mod = gc.compile(g, loss=loss).load()
+    params = random_params(mod, seed=0)
+    assert_trainer_matches_value_and_grad(mod, params, ())
+    check_gradients(mod, params, ())
