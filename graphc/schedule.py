@@ -271,8 +271,9 @@ class Planner:
             taken = {k for k, b in enumerate(kept) if b is not None}
             rest = iter(temporaries(self.pool, graph, v, dtype, skip=taken))
             return tuple(next(rest) if b is None else b for b in kept) + tuple(rest)
-        if op.scratches is not None and not first == tuple(graph.nodes[v]["shape"]) == ():
-            return temporaries(self.pool, graph, v, dtype)  # (a scalar's elementwise op: its pure form, no buffer)
+        scalar = first == () and tuple(graph.nodes[v]["shape"]) == ()  # of a scalar, to a scalar: no buffer
+        if op.scratches is not None and not scalar:  # (a scalar's op takes its pure form)
+            return temporaries(self.pool, graph, v, dtype)
         if not op.scratch or first == ():
             return None
         donor = self.reads[i][op.scratch_from] if op.scratch_from is not None else None
